@@ -1,0 +1,7 @@
+//! The protocol crate's integration tests, one binary.
+
+mod client;
+mod codec;
+mod roundtrip;
+mod strategies;
+mod vectors;

@@ -1,0 +1,3 @@
+//! End-to-end scenarios against a real `onecard serve` process; one test binary.
+
+mod front_door;
