@@ -106,6 +106,7 @@ async fn connection(
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(error))) => {
                 if let Some(code) = error.answer_code() {
+                    out.clear();
                     reject(
                         &mut out,
                         Envelope { terminal_id: 0, sequence: 0, timestamp_ms: 0 },

@@ -74,11 +74,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding the terminal port {}", args.terminal_listen))?;
         let terminal_addr = listener.local_addr().context("reading the terminal address")?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let shutdown = shutdown_signal().context("registering for SIGTERM and SIGINT")?;
         tracing::info!(%terminal_addr, "terminal front door listening");
         // The line end-to-end tests and scripts wait for.
         println!("onecard ready: terminals on {terminal_addr}");
         let front_door = tokio::spawn(onecard_engine::frontdoor::serve(listener, shutdown_rx));
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
         front_door.await.context("front door task")?.context("front door")?;
@@ -89,24 +90,17 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on the first SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Registers for SIGTERM and SIGINT (Ctrl-C) at once, so a signal that arrives right
+/// after the ready line is never lost to the default action; the returned future
+/// resolves on the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
 }

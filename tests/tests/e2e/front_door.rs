@@ -67,3 +67,26 @@ fn a_restart_reopens_the_same_store() {
     assert!(server.data_dir().join("CURRENT").exists(), "a RocksDB store");
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_bad_length_after_a_refused_frame_gets_one_reject_not_a_repeat_of_the_last() {
+    use onecard_protocol::frame::{self, Envelope};
+    use onecard_protocol::message::{Heartbeat, Request};
+    use onecard_protocol::{MacAlgorithm, MacKey};
+    let dir = TempDir::new("reject-buffer");
+    let server = Server::start(dir.path());
+    let mut stream = TcpStream::connect(server.terminal_addr()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let key = MacKey::new(MacAlgorithm::HmacSha256, &TerminalKey::new([1; 32])).expect("key");
+    let mut buf = bytes::BytesMut::new();
+    let envelope = Envelope { terminal_id: 4242, sequence: 1, timestamp_ms: 0 };
+    let request = Request::Heartbeat(Heartbeat { blacklist_version: 0 });
+    frame::encode(envelope, &request, Some(&key), &mut buf).expect("fits");
+    buf.extend_from_slice(&u32::MAX.to_be_bytes());
+    stream.write_all(&buf).expect("write");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("answered and closed");
+    assert_eq!(answer.len(), 2 * 48, "exactly two Rejects: {answer:02x?}");
+    assert_eq!(&answer[28..30], &AnswerCode::UnknownTerminal.to_wire().to_be_bytes());
+    assert_eq!(&answer[48 + 28..48 + 30], &AnswerCode::Malformed.to_wire().to_be_bytes());
+}
