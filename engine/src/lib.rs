@@ -1,14 +1,38 @@
 //! # onecard-engine
 //!
-//! The engine at the centre of onecard: it will hold the ledger, the shards and their
-//! commit pipeline, cards and limits, settlement, reconciliation and workflows. Today it
-//! holds the store and the terminal front door.
+//! The engine at the centre of onecard: the double-entry ledger on RocksDB, its
+//! per-merchant shards and their commit pipeline, cards and limits, and the terminal
+//! front door. Settlement, reconciliation and workflows build on it.
 //!
 //! # Layout
 //! - [`limits`] — every bound the engine works within, named in one place.
-//! - [`store`] — the RocksDB store: opening it, its column families, its format version.
+//! - [`account`] — the chart of accounts: what an account id means.
+//! - [`date`] — business dates and the clock.
+//! - [`journal`] — transfers, entries and the batch record a shard commits.
+//! - [`cards`] — card accounts, limits, PINs, and the in-memory card table.
+//! - [`directory`] — merchants and terminals.
+//! - [`postings`] — the balance merges and index keys a batch derives.
+//! - [`shard`] — a shard's writer thread: decide a batch, commit it, answer.
+//! - [`ledger`] — opening and recovery, submission, control operations, queries.
+//! - [`verify`] — proving the invariants from disk.
+//! - [`store`] — the RocksDB store: column families, key layout, merge operator.
 //! - [`frontdoor`] — the TCP listener and per-connection tasks terminals talk to.
 
+pub mod account;
+pub mod cards;
+pub mod date;
+pub mod directory;
 pub mod frontdoor;
+pub mod journal;
+pub mod ledger;
 pub mod limits;
+pub mod postings;
+pub mod shard;
 pub mod store;
+pub mod verify;
+
+pub use account::{AccountId, AccountKind};
+pub use date::BusinessDate;
+pub use ledger::{ControlError, Ledger, LedgerConfig, LedgerError, OpenCard};
+pub use shard::Submission;
+pub use verify::VerifyReport;

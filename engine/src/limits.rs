@@ -23,3 +23,46 @@ pub const UNKNOWN_TERMINAL_FRAMES_MAX: u32 = 3;
 
 const _: () = assert!(FRAME_READ_TIMEOUT.as_secs() < TERMINAL_IDLE_TIMEOUT.as_secs());
 const _: () = assert!(UNKNOWN_TERMINAL_FRAMES_MAX >= 1);
+
+/// Shards a store may have. Shard numbers are the first byte of a journal's batch
+/// keys, below the shard journal's other key prefixes (0xF1 and up).
+pub const SHARDS_MAX: usize = 64;
+
+/// Requests waiting in one shard's queue. A full queue answers "server busy" at once,
+/// so memory stays bounded whatever the offered load.
+pub const SHARD_QUEUE_REQUESTS_MAX: usize = 16_384;
+
+/// Requests one shard decides and commits as one batch. Batches form by themselves:
+/// the writer takes what is queued, up to this.
+pub const BATCH_REQUESTS_MAX: usize = 4_096;
+
+/// Answers each terminal keeps for retries. A retry of an older sequence is refused
+/// as stale; a terminal never has more than its pipeline depth unanswered.
+pub const RETRY_WINDOW_REQUESTS: usize = 64;
+
+/// Wrong PINs in a row after which a card's PIN is locked until the card centre
+/// resets it.
+pub const PIN_FAILURES_MAX: u32 = 5;
+
+/// Batches per shard whose keys the writer remembers, for point reads of recent
+/// transfers by refunds and reversals (24 bytes each).
+pub const RECENT_BATCHES_MAX: usize = 1 << 20;
+
+/// Transfers one statement page returns at most.
+pub const STATEMENT_PAGE_MAX: usize = 200;
+
+/// Batches of terminal history a terminal's state points at, at most one per
+/// retained answer.
+pub const TERMINAL_HISTORY_BATCHES_MAX: usize = RETRY_WINDOW_REQUESTS;
+
+/// Longest name a cardholder, merchant or terminal may have, in bytes.
+pub const NAME_BYTES_MAX: usize = 128;
+
+const _: () = assert!(SHARDS_MAX <= 0xF0);
+const _: () = assert!(RETRY_WINDOW_REQUESTS >= onecard_protocol::limits::PIPELINE_REQUESTS_MAX);
+const _: () = assert!(BATCH_REQUESTS_MAX <= SHARD_QUEUE_REQUESTS_MAX);
+// A batch's transfers are indexed by u32 in its entries: at most two per request and
+// two per offline record.
+const _: () = assert!(
+    BATCH_REQUESTS_MAX * 2 * onecard_protocol::limits::OFFLINE_RECORDS_MAX < u32::MAX as usize
+);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use onecard_engine::store::Store;
+use onecard_engine::{Ledger, LedgerConfig};
 
 /// onecard: the campus one-card transaction and settlement engine.
 #[derive(Debug, Parser)]
@@ -60,9 +60,14 @@ fn init_logging(json: bool) {
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let store = Store::open(&args.data_dir)
-        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
-    tracing::info!(data_dir = %store.path().display(), "store open");
+    let ledger = Ledger::open(&args.data_dir, LedgerConfig::default())
+        .with_context(|| format!("opening the ledger in {}", args.data_dir.display()))?;
+    tracing::info!(
+        data_dir = %ledger.store().path().display(),
+        shards = ledger.shards(),
+        business_date = %ledger.business_date(),
+        "ledger open"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("onecard-io")
@@ -85,8 +90,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         front_door.await.context("front door task")?.context("front door")?;
         anyhow::Ok(())
     })?;
-    drop(store);
-    tracing::info!("store closed");
+    ledger.close();
+    tracing::info!("ledger closed");
     Ok(())
 }
 

@@ -27,7 +27,7 @@ fn a_data_dir_that_cannot_be_created_is_a_clear_error_not_a_panic() {
         .expect("runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("opening the store in /proc/onecard-cannot-be-here"), "{stderr}");
+    assert!(stderr.contains("opening the ledger in /proc/onecard-cannot-be-here"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

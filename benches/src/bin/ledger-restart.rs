@@ -1,0 +1,156 @@
+//! `ledger-restart`: how long the ledger takes to reopen with a large store.
+//!
+//! Builds (or reuses) a store with `--cards` cards and at least `--transfers`
+//! transfers, closes it, and times `Ledger::open`: reading every card account and
+//! balance and rebuilding each terminal's retry window. The journal is not replayed,
+//! so the time follows the number of cards, not of transfers; `--verify` also times a
+//! full `verify`, which does read every transfer.
+//!
+//! ```text
+//! cargo run -p onecard-benches --bin ledger-restart -- --cards 1000000 --transfers 50000000 \
+//!     --data-dir /var/tmp/onecard-restart
+//! ```
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use onecard_benches::campus::{Campus, EXPIRY, Rng, Spec, TempDir, purchase};
+use onecard_engine::cards::{CardType, LimitOverrides};
+use onecard_engine::{Ledger, LedgerConfig, OpenCard};
+use onecard_protocol::AnswerCode;
+
+/// Reopen time of a large ledger.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Cards on the campus.
+    #[arg(long, default_value_t = 1_000_000)]
+    cards: u64,
+    /// Transfers to commit before measuring.
+    #[arg(long, default_value_t = 50_000_000)]
+    transfers: u64,
+    /// Merchants.
+    #[arg(long, default_value_t = 300)]
+    merchants: u32,
+    /// Keep the store here (and reuse it if it is already built).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Also time a full verify after the reopen.
+    #[arg(long)]
+    verify: bool,
+}
+
+fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let temp;
+    let path = match &args.data_dir {
+        Some(path) => path.clone(),
+        None => {
+            temp = TempDir::new("onecard-restart").map_err(|e| e.to_string())?;
+            temp.path().to_owned()
+        }
+    };
+    let built = path.join("CURRENT").exists();
+    if !built {
+        build(&args, &path)?;
+    }
+    for round in 1..=3 {
+        let started = Instant::now();
+        let ledger = Ledger::open(&path, LedgerConfig::default()).map_err(|e| e.to_string())?;
+        let opened = started.elapsed();
+        let shards = ledger.health().len();
+        println!(
+            "reopen {round}: {:.2} s ({} shards, {} terminals)",
+            opened.as_secs_f64(),
+            shards,
+            ledger.terminals().len()
+        );
+        if args.verify && round == 1 {
+            let started = Instant::now();
+            let report = ledger.verify().map_err(|e| e.to_string())?;
+            println!("verify: {:.1} s\n{report}", started.elapsed().as_secs_f64());
+            if !report.is_clean() {
+                return Err("verify found problems".to_owned());
+            }
+        }
+        ledger.close();
+    }
+    Ok(())
+}
+
+fn build(args: &Args, path: &std::path::Path) -> Result<(), String> {
+    let started = Instant::now();
+    // Building is not what is measured: commits are not synced while it runs.
+    let config = LedgerConfig { sync: false, ..LedgerConfig::default() };
+    let ledger = Ledger::open(path, config).map_err(|e| e.to_string())?;
+    let spec = Spec {
+        cards: args.cards,
+        merchants: args.merchants,
+        centre_terminals: 16,
+        merchant_terminals: 1_000,
+    };
+    let mut campus = Campus::build(&ledger, &spec).map_err(|e| e.to_string())?;
+    let limits = LimitOverrides {
+        daily_fen_max: Some(i64::MAX / 4),
+        transaction_fen_max: Some(100_000),
+        balance_fen_max: Some(1_000_000_000),
+        no_pin_fen_max: Some(100_000),
+    };
+    let mut opened = 0;
+    while opened < args.cards {
+        let batch: Vec<OpenCard> = (opened..(opened + 10_000).min(args.cards))
+            .map(|index| {
+                let card_number = Campus::card_number(index);
+                OpenCard {
+                    card_number,
+                    holder_id: format!("B{card_number}"),
+                    holder_name: "Bench Holder".to_owned(),
+                    card_type: CardType::Staff,
+                    expiry_date: EXPIRY,
+                    deposit_fen: 0,
+                    pin: None,
+                    overrides: limits,
+                }
+            })
+            .collect();
+        opened += batch.len() as u64;
+        ledger.open_cards(batch).map_err(|e| e.to_string())?;
+    }
+    campus.cards = args.cards;
+    println!("opened {} cards in {:.1} s", args.cards, started.elapsed().as_secs_f64());
+    campus.fund(&ledger, 1_000_000)?;
+    println!("funded in {:.1} s", started.elapsed().as_secs_f64());
+    let terminals: Vec<u32> =
+        campus.merchants.iter().flat_map(|m| m.terminals.iter().copied()).collect();
+    let mut rng = Rng::new(7);
+    let mut in_flight = VecDeque::with_capacity(16_384);
+    let mut committed = 0u64;
+    let mut sent = 0u64;
+    while committed < args.transfers {
+        while in_flight.len() < 16_384 {
+            let terminal = terminals[rng.index(terminals.len())];
+            let card = Campus::card_number(rng.below(args.cards));
+            let submission = campus.submission(terminal, purchase(card, rng.between(100, 3_000)));
+            in_flight.push_back(ledger.submit(submission));
+            sent += 1;
+        }
+        if let Some(answer) = in_flight.pop_front() {
+            match answer.blocking_recv().map(|a| a.code()) {
+                Ok(AnswerCode::Approved) => committed += 1,
+                Ok(AnswerCode::ServerBusy | AnswerCode::InsufficientFunds) => {}
+                Ok(other) => return Err(format!("a purchase was answered {other}")),
+                Err(_) => return Err("the ledger shut down".to_owned()),
+            }
+        }
+        if sent.is_multiple_of(5_000_000) {
+            println!("{committed} transfers at {:.0} s", started.elapsed().as_secs_f64());
+        }
+    }
+    for answer in in_flight {
+        let _ = answer.blocking_recv();
+    }
+    ledger.close();
+    println!("built {committed}+ transfers in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

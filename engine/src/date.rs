@@ -1,0 +1,117 @@
+//! Business dates (营业日) and the clock.
+//!
+//! A business date is held as `yyyymmdd` in a `u32`, the form the wire and the
+//! settlement files use. The day turns at a configured local time in a configured
+//! fixed offset from UTC (China has no daylight saving); the guarded day cutover that
+//! moves the ledger from one date to the next is the settlement module's, and until it
+//! runs the ledger stamps transfers with the date it holds.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A business date, `yyyymmdd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BusinessDate(u32);
+
+impl BusinessDate {
+    /// The date `yyyymmdd`, if it is a real calendar date.
+    #[must_use]
+    pub fn from_yyyymmdd(value: u32) -> Option<Self> {
+        let (year, month, day) = (value / 10_000, value / 100 % 100, value % 100);
+        let valid = (1970..=9999).contains(&year)
+            && (1..=12).contains(&month)
+            && (1..=days_in_month(year, month)).contains(&day);
+        valid.then_some(Self(value))
+    }
+
+    /// The date as `yyyymmdd`.
+    #[must_use]
+    pub const fn to_yyyymmdd(self) -> u32 {
+        self.0
+    }
+
+    /// The civil date `days` after 1970-01-01.
+    #[must_use]
+    pub fn from_unix_days(days: i64) -> Self {
+        // Days to civil date, after Howard Hinnant's `civil_from_days`.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let packed = year.clamp(1970, 9999) * 10_000 + month * 100 + day;
+        Self(u32::try_from(packed).unwrap_or(19_700_101))
+    }
+
+    /// The business date at `unix_ms`, for a day that turns `cutover_minutes` after
+    /// local midnight in a zone `utc_offset_minutes` east of UTC.
+    #[must_use]
+    pub fn at(unix_ms: u64, utc_offset_minutes: i32, cutover_minutes: u32) -> Self {
+        let local_minutes = i64::try_from(unix_ms / 60_000).unwrap_or(i64::MAX / 2)
+            + i64::from(utc_offset_minutes)
+            - i64::from(cutover_minutes);
+        Self::from_unix_days(local_minutes.div_euclid(24 * 60))
+    }
+}
+
+impl std::fmt::Display for BusinessDate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.0 / 10_000, self.0 / 100 % 100, self.0 % 100)
+    }
+}
+
+const fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+#[must_use]
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_from_days() {
+        assert_eq!(BusinessDate::from_unix_days(0).to_yyyymmdd(), 19_700_101);
+        assert_eq!(BusinessDate::from_unix_days(11_016).to_yyyymmdd(), 20_000_229);
+        assert_eq!(BusinessDate::from_unix_days(20_699).to_yyyymmdd(), 20_260_903);
+    }
+
+    #[test]
+    fn the_day_turns_at_the_cutover_in_the_local_zone() {
+        // 2026-09-01 15:59:59 UTC is 23:59:59 in Beijing; a second later it is the 2nd.
+        let before = 1_788_278_399_000;
+        assert_eq!(BusinessDate::at(before, 480, 0).to_yyyymmdd(), 20_260_901);
+        assert_eq!(BusinessDate::at(before + 1000, 480, 0).to_yyyymmdd(), 20_260_902);
+        // With a 02:00 cutover the night's purchases still count for the 1st.
+        assert_eq!(BusinessDate::at(before + 1000, 480, 120).to_yyyymmdd(), 20_260_901);
+    }
+
+    #[test]
+    fn only_calendar_dates_are_dates() {
+        assert!(BusinessDate::from_yyyymmdd(20_240_229).is_some());
+        assert!(BusinessDate::from_yyyymmdd(20_250_229).is_none());
+        assert!(BusinessDate::from_yyyymmdd(20_261_301).is_none());
+        assert!(BusinessDate::from_yyyymmdd(0).is_none());
+        assert_eq!(
+            BusinessDate::from_yyyymmdd(20_260_901).map(|d| d.to_string()),
+            Some("2026-09-01".to_owned())
+        );
+    }
+}

@@ -1,0 +1,1656 @@
+//! The ledger: opening it (rebuilding memory from disk), the terminal entry point, the
+//! card centre's control operations, and the queries.
+//!
+//! Terminal requests go to the shard of the terminal's merchant through a bounded
+//! queue ([`Ledger::submit`]); see [`crate::shard`] for how a batch is decided and
+//! committed. Control operations (card lifecycle, merchants, terminals) are rare and
+//! run on the caller's thread: each takes the card account's mutex (so no shard
+//! decides against a half-changed card), then the control journal's mutex, writes
+//! one synced batch to the control journal and the control column family, and only
+//! then changes memory.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam::channel::{Sender, TrySendError, bounded};
+use onecard_protocol::message::{
+    BlacklistAnswer, BlacklistEntry, HeartbeatAnswer, SignOffAnswer, SignOnAnswer,
+};
+use onecard_protocol::{
+    Answer, AnswerCode, Body, CardState, Channel, MealPeriod, Pin, Request, TerminalKey,
+};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rust_decimal::Decimal;
+use tokio::sync::oneshot;
+
+use crate::account::{AccountId, AccountKind};
+use crate::cards::Purse;
+use crate::cards::{
+    AccountRecord, AccountState, CardAccount, CardEntry, CardMoney, CardTable, CardType,
+    LimitOverrides, Limits, PinHash,
+};
+use crate::date::{BusinessDate, now_ms};
+use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
+use crate::journal::{
+    Batch, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key, first_transfer_id,
+    journal_of, read_transfer,
+};
+use crate::limits::{NAME_BYTES_MAX, SHARD_QUEUE_REQUESTS_MAX, SHARDS_MAX, STATEMENT_PAGE_MAX};
+use crate::postings::{Postings, index_key};
+use crate::shard::{
+    Command, RecoveredShard, ShardStats, ShardWriter, Submission, TerminalState, rebuild_window,
+    refusal, seek_batch_key,
+};
+use crate::store::{
+    CF_BALANCES, CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, OpenError, Store, control_key,
+    journal_cf, shard_key, synced,
+};
+
+/// How a ledger runs.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Shards for a new store; an existing store keeps its own count.
+    pub shards: usize,
+    /// Sync every commit to disk before answering. Off only in benchmarks that say so.
+    pub sync: bool,
+    /// The card centre's time zone, minutes east of UTC (China: 480).
+    pub utc_offset_minutes: i32,
+    /// Minutes after local midnight at which the business day turns.
+    pub cutover_minutes: u32,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Self {
+            shards: cores.clamp(1, SHARDS_MAX),
+            sync: true,
+            utc_offset_minutes: 480,
+            cutover_minutes: 0,
+        }
+    }
+}
+
+/// Why the ledger cannot open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The store would not open.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// RocksDB failed while reading the ledger back.
+    #[error("storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// A stored record is not what this build writes.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// Why a control operation was refused. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No card has this number.
+    #[error("no card {0}")]
+    UnknownCard(u64),
+    /// The card number is taken.
+    #[error("card {0} already exists")]
+    CardExists(u64),
+    /// No merchant has this id.
+    #[error("no merchant {0}")]
+    UnknownMerchant(u32),
+    /// No terminal has this id.
+    #[error("no terminal {0}")]
+    UnknownTerminal(u32),
+    /// The card's state does not allow the action.
+    #[error("card {card} is {state:?}; cannot {action}")]
+    NotAllowed {
+        /// The card.
+        card: u64,
+        /// Its state.
+        state: CardState,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// An amount is negative, zero where it must be positive, or too large.
+    #[error("invalid amount {0} fen")]
+    InvalidAmount(i64),
+    /// A limit is negative.
+    #[error("limits must not be negative")]
+    InvalidLimits,
+    /// A commission rate outside 0..1.
+    #[error("commission rate {0} is outside 0 to 1")]
+    InvalidRate(Decimal),
+    /// A name or holder id that is empty or too long.
+    #[error("{0} must be 1 to {NAME_BYTES_MAX} bytes")]
+    InvalidName(&'static str),
+    /// A date that is not a calendar date or not after the current one.
+    #[error("invalid date {0}")]
+    InvalidDate(u32),
+    /// A number that must not be zero.
+    #[error("{0} must not be zero")]
+    Zero(&'static str),
+    /// The store failed; nothing was changed.
+    #[error("storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// A test asked this write to fail, as a failed disk write would.
+    #[error("write failed (injected fault)")]
+    FaultInjected,
+    /// The system has no randomness for a PIN salt.
+    #[error("no randomness for a PIN salt")]
+    Random,
+}
+
+/// A card as the card centre sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardView {
+    /// The card number asked about.
+    pub card_number: u64,
+    /// Its account.
+    pub account_number: u64,
+    /// The cardholder's student or staff number.
+    pub holder_id: String,
+    /// The cardholder's name.
+    pub holder_name: String,
+    /// The card type.
+    pub card_type: CardType,
+    /// The card's state (`Replaced` for a retired number).
+    pub state: CardState,
+    /// The last business date the card works.
+    pub expiry_date: u32,
+    /// Main purse, available.
+    pub balance_fen: i64,
+    /// Restricted purse, available.
+    pub restricted_fen: i64,
+    /// Deposit held.
+    pub deposit_fen: i64,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Spent on the current business date.
+    pub spent_today_fen: i64,
+    /// Whether a PIN is set.
+    pub has_pin: bool,
+}
+
+/// What the card centre supplies to open a card.
+#[derive(Debug, Clone)]
+pub struct OpenCard {
+    /// The number printed on the card; not zero, not used before.
+    pub card_number: u64,
+    /// Student or staff number.
+    pub holder_id: String,
+    /// Name.
+    pub holder_name: String,
+    /// Sets default limits.
+    pub card_type: CardType,
+    /// Last business date the card works.
+    pub expiry_date: u32,
+    /// Deposit taken in cash at the counter, in fen.
+    pub deposit_fen: i64,
+    /// Initial PIN, if any.
+    pub pin: Option<Pin>,
+    /// Limit overrides.
+    pub overrides: LimitOverrides,
+}
+
+/// One page of a card statement, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The transfers.
+    pub transfers: Vec<Transfer>,
+    /// Pass back to get the next (older) page; `None` at the end.
+    pub next: Option<StatementCursor>,
+}
+
+/// Where a statement page ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementCursor {
+    /// Time of the last transfer on the page.
+    pub timestamp_ms: u64,
+    /// Its id.
+    pub transfer_id: u64,
+}
+
+/// A shard's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardHealth {
+    /// The shard.
+    pub shard: u8,
+    /// A write failed; the shard refuses work until the store is reopened.
+    pub poisoned: bool,
+    /// Requests waiting.
+    pub queue_depth: usize,
+    /// Batches committed since open.
+    pub batches: u64,
+    /// Requests answered since open.
+    pub requests: u64,
+    /// Transfers committed since open.
+    pub transfers: u64,
+    /// Time in RocksDB writes since open, µs.
+    pub commit_us_total: u64,
+}
+
+/// Counters the control journal hands out.
+#[derive(Debug)]
+struct ControlState {
+    next_transfer_id: u64,
+    next_batch: u64,
+    next_account: u64,
+    next_merchant: u32,
+    next_terminal: u32,
+    blacklist_version: u64,
+}
+
+/// What every thread of the ledger shares.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub cards: CardTable,
+    pub directory: Directory,
+    pub config: LedgerConfig,
+    business_date: AtomicU32,
+    blacklist_version: AtomicU64,
+    control: Mutex<ControlState>,
+    fail_writes: Vec<AtomicBool>,
+}
+
+impl Shared {
+    /// The business date transfers are stamped with now.
+    pub fn business_date(&self) -> BusinessDate {
+        BusinessDate::from_yyyymmdd(self.business_date.load(Ordering::Acquire))
+            .expect("the ledger holds a valid date")
+    }
+
+    /// Whether a test asked the next write of `journal` to fail (and clears the ask).
+    pub fn fail_next_write(&self, journal: u8) -> bool {
+        self.fail_writes
+            .get(usize::from(journal))
+            .is_some_and(|flag| flag.swap(false, Ordering::AcqRel))
+    }
+
+    /// Transfer `id` of `journal`, and the one after it if that continues it.
+    pub fn transfer_pair(&self, journal: u8, id: u64) -> Option<(Transfer, Option<Transfer>)> {
+        let cf = self.store.cf(&journal_cf(journal));
+        let mut iter = self.store.db().raw_iterator_cf(cf);
+        iter.seek_for_prev(seek_batch_key(id));
+        let (key, value) = (iter.key()?, iter.value()?);
+        if key.len() != 16 || journal_of(u64::from_be_bytes(key[..8].try_into().ok()?)) != journal {
+            return None;
+        }
+        match read_transfer(value, id) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(journal, id, %error, "unreadable journal record");
+                None
+            }
+        }
+    }
+}
+
+/// The ledger: shards, cards, merchants and terminals over one store.
+pub struct Ledger {
+    shared: Arc<Shared>,
+    queues: Vec<Sender<Command>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<ShardStats>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("store", &self.shared.store).finish_non_exhaustive()
+    }
+}
+
+fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Corrupt { what, detail: detail.to_string() }
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn be_u32(bytes: &[u8]) -> Option<u32> {
+    bytes.try_into().ok().map(u32::from_be_bytes)
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `path` and rebuilds memory from disk: card
+    /// balances and states, merchants, terminals, and each terminal's retry window.
+    ///
+    /// # Errors
+    /// [`LedgerError`] if the store will not open or holds a record this build cannot
+    /// read.
+    pub fn open(path: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
+        let store = Store::open(path, config.shards)?;
+        let db = store.db();
+        let meta = store.cf(CF_META);
+        let date = match db.get_cf(meta, KEY_BUSINESS_DATE)? {
+            Some(bytes) => be_u32(&bytes)
+                .and_then(BusinessDate::from_yyyymmdd)
+                .ok_or_else(|| corrupt("business date", hex::encode(&bytes)))?,
+            None => {
+                let today =
+                    BusinessDate::at(now_ms(), config.utc_offset_minutes, config.cutover_minutes);
+                db.put_cf_opt(
+                    meta,
+                    KEY_BUSINESS_DATE,
+                    today.to_yyyymmdd().to_be_bytes(),
+                    &synced(),
+                )?;
+                today
+            }
+        };
+        let directory = Directory::default();
+        let cards = CardTable::default();
+        let mut control = ControlState {
+            next_transfer_id: first_transfer_id(CONTROL_JOURNAL),
+            next_batch: 1,
+            next_account: 1,
+            next_merchant: 1,
+            next_terminal: 1,
+            blacklist_version: 0,
+        };
+        Self::load_control(&store, &directory, &cards, &mut control)?;
+        if let Some(last) = last_batch(&store, CONTROL_JOURNAL)? {
+            control.next_transfer_id = last.next_transfer_id();
+            control.next_batch = last.number + 1;
+        }
+        let shards = store.shards();
+        let blacklist_version = control.blacklist_version;
+        let shared = Arc::new(Shared {
+            store,
+            cards,
+            directory,
+            config,
+            business_date: AtomicU32::new(date.to_yyyymmdd()),
+            blacklist_version: AtomicU64::new(blacklist_version),
+            control: Mutex::new(control),
+            fail_writes: (0..=usize::from(shards)).map(|_| AtomicBool::new(false)).collect(),
+        });
+        let mut queues = Vec::new();
+        let mut threads = Vec::new();
+        let mut stats = Vec::new();
+        for shard in 0..shards {
+            let recovered = recover_shard(&shared, shard)?;
+            let (sender, receiver) = bounded(SHARD_QUEUE_REQUESTS_MAX);
+            let shard_stats = Arc::new(ShardStats::default());
+            let writer = ShardWriter::new(
+                shard,
+                Arc::clone(&shared),
+                receiver,
+                Arc::clone(&shard_stats),
+                recovered,
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("onecard-shard-{shard}"))
+                .spawn(move || writer.run())
+                .map_err(|error| corrupt("thread", error))?;
+            queues.push(sender);
+            threads.push(thread);
+            stats.push(shard_stats);
+        }
+        Ok(Self { shared, queues, threads, stats })
+    }
+
+    fn load_control(
+        store: &Store,
+        directory: &Directory,
+        cards: &CardTable,
+        control: &mut ControlState,
+    ) -> Result<(), LedgerError> {
+        let db = store.db();
+        let cf = store.cf(CF_CONTROL);
+        let balances = store.cf(CF_BALANCES);
+        // Card balances first, in one sequential scan: a point read per card would
+        // cost a million random reads on a large campus.
+        let mut money = HashMap::new();
+        let card_prefix = [AccountKind::Card as u8];
+        for item in db.iterator_cf(balances, IteratorMode::From(&card_prefix, Direction::Forward)) {
+            let (key, value) = item?;
+            if key.first() != Some(&(AccountKind::Card as u8)) {
+                break;
+            }
+            let raw = be_u64(&key).ok_or_else(|| corrupt("balance key", hex::encode(&key)))?;
+            let account = AccountId::from_u64(raw).map_err(|raw| corrupt("balance key", raw))?;
+            let card_money =
+                CardMoney::decode(&value).ok_or_else(|| corrupt("card balance", raw))?;
+            money.insert(account.number(), card_money);
+        }
+        let mut merchants = HashMap::new();
+        let mut accounts: HashMap<u64, Arc<CardAccount>> = HashMap::new();
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            match key.first().copied() {
+                Some(control_key::MERCHANT) => {
+                    let record: MerchantRecord =
+                        serde_json::from_slice(&value).map_err(|e| corrupt("merchant", e))?;
+                    control.next_merchant = control.next_merchant.max(record.id + 1);
+                    merchants.insert(record.id, record.clone());
+                    directory.insert_merchant(record);
+                }
+                Some(control_key::TERMINAL) => {
+                    let record: TerminalRecord =
+                        serde_json::from_slice(&value).map_err(|e| corrupt("terminal", e))?;
+                    let merchant = merchants.get(&record.merchant_id).ok_or_else(|| {
+                        corrupt("terminal", format!("merchant {}", record.merchant_id))
+                    })?;
+                    control.next_terminal = control.next_terminal.max(record.id + 1);
+                    directory.insert_terminal(terminal_from(&record, merchant)?);
+                }
+                Some(control_key::ACCOUNT) => {
+                    let record: AccountRecord =
+                        serde_json::from_slice(&value).map_err(|e| corrupt("account", e))?;
+                    let money = money.get(&record.account_number).copied().unwrap_or_default();
+                    control.next_account = control.next_account.max(record.account_number + 1);
+                    let account = Arc::new(CardAccount::new(AccountState::new(record, money)));
+                    accounts.insert(account.number, account);
+                }
+                Some(control_key::CARD) => {
+                    let card_number =
+                        be_u64(&key[1..]).ok_or_else(|| corrupt("card key", hex::encode(&key)))?;
+                    let account_number = be_u64(&value[..8.min(value.len())])
+                        .ok_or_else(|| corrupt("card", card_number))?;
+                    let replaced_at_ms = value.get(8..16).and_then(be_u64).unwrap_or(0);
+                    let account = accounts.get(&account_number).ok_or_else(|| {
+                        corrupt("card", format!("{card_number} names no account"))
+                    })?;
+                    cards.insert_card(
+                        card_number,
+                        CardEntry { account: Arc::clone(account), replaced_at_ms },
+                    );
+                }
+                Some(control_key::BLACKLIST) => {
+                    let version = be_u64(&key[1..])
+                        .ok_or_else(|| corrupt("blacklist key", hex::encode(&key)))?;
+                    control.blacklist_version = control.blacklist_version.max(version);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a terminal request to its shard. The answer arrives on the returned
+    /// channel once the batch holding it is durable, or at once if the request is
+    /// refused before any shard sees it (unknown terminal, queue full).
+    #[must_use]
+    pub fn submit(&self, submission: Submission) -> oneshot::Receiver<Answer> {
+        let (reply, answer) = oneshot::channel();
+        let Some(terminal) = self.shared.directory.terminal(submission.terminal_id) else {
+            let _ = reply.send(refusal(&submission.request, AnswerCode::UnknownTerminal));
+            return answer;
+        };
+        match &submission.request {
+            Request::SignOn(sign_on) => {
+                terminal.blacklist_version.store(sign_on.blacklist_version, Ordering::Release);
+                let code = if terminal.is_enabled() {
+                    AnswerCode::Approved
+                } else {
+                    AnswerCode::TerminalDisabled
+                };
+                let _ = reply.send(Answer::SignOn(SignOnAnswer {
+                    code,
+                    server_time_ms: now_ms(),
+                    business_date: self.shared.business_date().to_yyyymmdd(),
+                    blacklist_version: self.blacklist_version(),
+                    last_sequence: terminal.last_sequence.load(Ordering::Acquire),
+                }));
+                return answer;
+            }
+            Request::Heartbeat(heartbeat) => {
+                terminal.blacklist_version.store(heartbeat.blacklist_version, Ordering::Release);
+                let _ = reply.send(Answer::Heartbeat(HeartbeatAnswer {
+                    code: AnswerCode::Approved,
+                    server_time_ms: now_ms(),
+                    business_date: self.shared.business_date().to_yyyymmdd(),
+                    blacklist_version: self.blacklist_version(),
+                }));
+                return answer;
+            }
+            Request::BlacklistDownload(download) => {
+                let answer_now = match self
+                    .blacklist_since(download.since_version, usize::from(download.entries_max))
+                {
+                    Ok((current_version, entries)) => {
+                        BlacklistAnswer { code: AnswerCode::Approved, current_version, entries }
+                    }
+                    Err(_) => BlacklistAnswer {
+                        code: AnswerCode::ServiceUnavailable,
+                        current_version: 0,
+                        entries: Vec::new(),
+                    },
+                };
+                let _ = reply.send(Answer::BlacklistDownload(answer_now));
+                return answer;
+            }
+            Request::SignOff => {
+                let _ = reply.send(Answer::SignOff(SignOffAnswer { code: AnswerCode::Approved }));
+                return answer;
+            }
+            _ => {}
+        }
+        let Some(queue) = self.queues.get(usize::from(terminal.shard)) else {
+            let _ = reply.send(refusal(&submission.request, AnswerCode::ServiceUnavailable));
+            return answer;
+        };
+        match queue.try_send(Command { submission, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(command) | TrySendError::Disconnected(command)) => {
+                let code =
+                    if queue.is_full() { AnswerCode::ServerBusy } else { AnswerCode::ShuttingDown };
+                let _ = command.reply.send(refusal(&command.submission.request, code));
+            }
+        }
+        answer
+    }
+
+    /// [`Ledger::submit`], waiting for the answer on this thread. Not for use inside
+    /// an async runtime.
+    #[must_use]
+    pub fn submit_wait(&self, submission: Submission) -> Answer {
+        let request_type = submission.request.message_type();
+        self.submit(submission)
+            .blocking_recv()
+            .unwrap_or_else(|_| crate::shard::refusal_of(request_type, AnswerCode::ShuttingDown))
+    }
+
+    /// The business date transfers are stamped with now.
+    #[must_use]
+    pub fn business_date(&self) -> BusinessDate {
+        self.shared.business_date()
+    }
+
+    /// Moves the ledger to `date`. The guarded day cutover is the settlement module's;
+    /// this is the step it (and tests) take.
+    ///
+    /// # Errors
+    /// If the date cannot be stored.
+    pub fn set_business_date(&self, date: BusinessDate) -> Result<(), rocksdb::Error> {
+        let meta = self.shared.store.cf(CF_META);
+        self.shared.store.db().put_cf_opt(
+            meta,
+            KEY_BUSINESS_DATE,
+            date.to_yyyymmdd().to_be_bytes(),
+            &synced(),
+        )?;
+        self.shared.business_date.store(date.to_yyyymmdd(), Ordering::Release);
+        Ok(())
+    }
+
+    /// The current blacklist version.
+    #[must_use]
+    pub fn blacklist_version(&self) -> u64 {
+        self.shared.blacklist_version.load(Ordering::Acquire)
+    }
+
+    /// Number of shards.
+    #[must_use]
+    pub fn shards(&self) -> u8 {
+        self.shared.store.shards()
+    }
+
+    /// The store, for verification and backups.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Asks the next commit of `journal` (a shard, or [`CONTROL_JOURNAL`]) to fail as
+    /// a failed disk write would, so tests can watch the shard poison itself.
+    pub fn inject_write_failure(&self, journal: u8) {
+        let index = if journal == CONTROL_JOURNAL {
+            self.shared.fail_writes.len() - 1
+        } else {
+            usize::from(journal)
+        };
+        if let Some(flag) = self.shared.fail_writes.get(index) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+
+    /// Each shard's health.
+    #[must_use]
+    pub fn health(&self) -> Vec<ShardHealth> {
+        self.stats
+            .iter()
+            .zip(&self.queues)
+            .zip(0u8..)
+            .map(|((stats, queue), shard)| ShardHealth {
+                shard,
+                poisoned: stats.poisoned.load(Ordering::Acquire),
+                queue_depth: queue.len(),
+                batches: stats.batches.load(Ordering::Relaxed),
+                requests: stats.requests.load(Ordering::Relaxed),
+                transfers: stats.transfers.load(Ordering::Relaxed),
+                commit_us_total: stats.commit_us_total.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    // ----- merchants and terminals -----
+
+    /// Creates a merchant on the next shard in turn.
+    ///
+    /// # Errors
+    /// [`ControlError`] for a bad name or rate, or a failed write.
+    pub fn create_merchant(
+        &self,
+        name: &str,
+        category: MerchantCategory,
+        commission_rate: Decimal,
+    ) -> Result<MerchantRecord, ControlError> {
+        check_name("merchant name", name)?;
+        if commission_rate < Decimal::ZERO || commission_rate >= Decimal::ONE {
+            return Err(ControlError::InvalidRate(commission_rate));
+        }
+        let mut control = self.control();
+        let id = control.next_merchant;
+        let shard = u8::try_from(id % u32::from(self.shards())).unwrap_or(0);
+        let record = MerchantRecord { id, name: name.to_owned(), category, shard, commission_rate };
+        let mut write = WriteBatch::default();
+        write.put_cf(
+            self.shared.store.cf(CF_CONTROL),
+            control_key::key(control_key::MERCHANT, &id.to_be_bytes()),
+            json(&record),
+        );
+        self.shared.store.db().write_opt(write, &synced())?;
+        control.next_merchant += 1;
+        self.shared.directory.insert_merchant(record.clone());
+        Ok(record)
+    }
+
+    /// Creates a terminal for a merchant with its key.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownMerchant`], or a failed write.
+    pub fn create_terminal(
+        &self,
+        merchant_id: u32,
+        key: &TerminalKey,
+    ) -> Result<TerminalRecord, ControlError> {
+        let merchant = self
+            .shared
+            .directory
+            .merchant(merchant_id)
+            .ok_or(ControlError::UnknownMerchant(merchant_id))?;
+        let mut control = self.control();
+        let id = control.next_terminal;
+        let record = TerminalRecord { id, merchant_id, key: key.to_hex(), enabled: true };
+        self.write_terminal(&record)?;
+        control.next_terminal += 1;
+        let terminal =
+            terminal_from(&record, &merchant).map_err(|_| ControlError::UnknownTerminal(id))?;
+        self.shared.directory.insert_terminal(terminal);
+        Ok(record)
+    }
+
+    /// Enables or disables a terminal.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownTerminal`], or a failed write.
+    pub fn set_terminal_enabled(
+        &self,
+        terminal_id: u32,
+        enabled: bool,
+    ) -> Result<(), ControlError> {
+        let terminal = self
+            .shared
+            .directory
+            .terminal(terminal_id)
+            .ok_or(ControlError::UnknownTerminal(terminal_id))?;
+        let _control = self.control();
+        let record = TerminalRecord {
+            id: terminal.id,
+            merchant_id: terminal.merchant_id,
+            key: terminal.key.to_hex(),
+            enabled,
+        };
+        self.write_terminal(&record)?;
+        terminal.enabled.store(enabled, Ordering::Release);
+        Ok(())
+    }
+
+    fn write_terminal(&self, record: &TerminalRecord) -> Result<(), ControlError> {
+        let key = control_key::key(control_key::TERMINAL, &record.id.to_be_bytes());
+        self.shared.store.db().put_cf_opt(
+            self.shared.store.cf(CF_CONTROL),
+            key,
+            json(record),
+            &synced(),
+        )?;
+        Ok(())
+    }
+
+    /// The merchant `id`.
+    #[must_use]
+    pub fn merchant(&self, id: u32) -> Option<Arc<MerchantRecord>> {
+        self.shared.directory.merchant(id)
+    }
+
+    /// The terminal `id`.
+    #[must_use]
+    pub fn terminal(&self, id: u32) -> Option<Arc<Terminal>> {
+        self.shared.directory.terminal(id)
+    }
+
+    /// Every merchant.
+    #[must_use]
+    pub fn merchants(&self) -> Vec<Arc<MerchantRecord>> {
+        self.shared.directory.merchants()
+    }
+
+    /// Every terminal.
+    #[must_use]
+    pub fn terminals(&self) -> Vec<Arc<Terminal>> {
+        self.shared.directory.terminals()
+    }
+
+    // ----- cards -----
+
+    fn control(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.shared.control.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a card: cardholder, account and first card, with its deposit taken in
+    /// cash at the counter (counter clearing → deposit).
+    ///
+    /// # Errors
+    /// [`ControlError`] for a taken or zero card number, a bad name, amount, date or
+    /// limit, or a failed write.
+    pub fn open_card(&self, open: OpenCard) -> Result<CardView, ControlError> {
+        let card_number = open.card_number;
+        self.open_cards(vec![open])?;
+        self.card(card_number).ok_or(ControlError::UnknownCard(card_number))
+    }
+
+    /// Opens many cards in one synced control batch: all of them or, if any one is
+    /// refused, none. The batch card opening workflow and the demo campus use it.
+    ///
+    /// # Errors
+    /// The first [`ControlError`] any card would get from [`Ledger::open_card`], a
+    /// card number given twice, or a failed write.
+    pub fn open_cards(&self, opens: Vec<OpenCard>) -> Result<(), ControlError> {
+        for open in &opens {
+            if open.card_number == 0 {
+                return Err(ControlError::Zero("card number"));
+            }
+            check_name("holder id", &open.holder_id)?;
+            check_name("holder name", &open.holder_name)?;
+            if open.deposit_fen < 0 || open.deposit_fen > i64::from(u32::MAX) {
+                return Err(ControlError::InvalidAmount(open.deposit_fen));
+            }
+            if !open.overrides.is_valid() {
+                return Err(ControlError::InvalidLimits);
+            }
+            if BusinessDate::from_yyyymmdd(open.expiry_date).is_none() {
+                return Err(ControlError::InvalidDate(open.expiry_date));
+            }
+        }
+        let mut control = self.control();
+        let mut numbers = std::collections::HashSet::with_capacity(opens.len());
+        for open in &opens {
+            if self.shared.cards.card(open.card_number).is_some()
+                || !numbers.insert(open.card_number)
+            {
+                return Err(ControlError::CardExists(open.card_number));
+            }
+        }
+        let now = now_ms();
+        let mut records = Vec::with_capacity(opens.len());
+        let mut transfers = Vec::new();
+        for (offset, open) in (0u64..).zip(opens) {
+            let pin = open
+                .pin
+                .as_ref()
+                .map(PinHash::new)
+                .transpose()
+                .map_err(|_| ControlError::Random)?;
+            if open.deposit_fen > 0 {
+                transfers.push(ControlTransfer {
+                    debit: AccountId::channel(Channel::Counter),
+                    credit: AccountId::single(AccountKind::Deposit),
+                    amount_fen: open.deposit_fen,
+                    kind: TransferKind::Deposit,
+                    card_number: open.card_number,
+                });
+            }
+            records.push(AccountRecord {
+                account_number: control.next_account + offset,
+                holder_id: open.holder_id,
+                holder_name: open.holder_name,
+                card_type: open.card_type,
+                card_number: open.card_number,
+                replaced_cards: Vec::new(),
+                state: CardState::Active.to_wire(),
+                state_changed_at_ms: now,
+                expiry_date: open.expiry_date,
+                overrides: open.overrides,
+                pin,
+                deposit_fen: open.deposit_fen,
+            });
+        }
+        self.commit_control(&mut control, &transfers, |write, cf| {
+            for record in &records {
+                let account = record.account_number.to_be_bytes();
+                write.put_cf(cf, control_key::key(control_key::ACCOUNT, &account), json(record));
+                let card = control_key::key(control_key::CARD, &record.card_number.to_be_bytes());
+                write.put_cf(cf, card, card_value(record.account_number, 0));
+            }
+        })?;
+        control.next_account += records.len() as u64;
+        drop(control);
+        for record in records {
+            let card_number = record.card_number;
+            let account =
+                Arc::new(CardAccount::new(AccountState::new(record, CardMoney::default())));
+            self.shared.cards.insert_card(card_number, CardEntry { account, replaced_at_ms: 0 });
+        }
+        Ok(())
+    }
+
+    /// Reports a card lost (挂失): every debit is refused at once.
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown or not active, or the write fails.
+    pub fn report_lost(&self, card_number: u64) -> Result<CardView, ControlError> {
+        self.change_state(
+            card_number,
+            "report lost",
+            &[CardState::Active, CardState::Frozen],
+            CardState::Lost,
+        )
+    }
+
+    /// Unlocks a lost card (解挂).
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown or not lost, or the write fails.
+    pub fn unlock(&self, card_number: u64) -> Result<CardView, ControlError> {
+        self.change_state(card_number, "unlock", &[CardState::Lost], CardState::Active)
+    }
+
+    /// Freezes a card (the card centre's hold).
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown or not active, or the write fails.
+    pub fn freeze(&self, card_number: u64) -> Result<CardView, ControlError> {
+        self.change_state(card_number, "freeze", &[CardState::Active], CardState::Frozen)
+    }
+
+    /// Lifts a freeze.
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown or not frozen, or the write fails.
+    pub fn unfreeze(&self, card_number: u64) -> Result<CardView, ControlError> {
+        self.change_state(card_number, "unfreeze", &[CardState::Frozen], CardState::Active)
+    }
+
+    fn current(
+        &self,
+        card_number: u64,
+        action: &'static str,
+    ) -> Result<Arc<CardAccount>, ControlError> {
+        let card =
+            self.shared.cards.card(card_number).ok_or(ControlError::UnknownCard(card_number))?;
+        if card.replaced_at_ms != 0 {
+            return Err(ControlError::NotAllowed {
+                card: card_number,
+                state: CardState::Replaced,
+                action,
+            });
+        }
+        Ok(card.account)
+    }
+
+    fn change_state(
+        &self,
+        card_number: u64,
+        action: &'static str,
+        from: &[CardState],
+        to: CardState,
+    ) -> Result<CardView, ControlError> {
+        let account = self.current(card_number, action)?;
+        let mut state = account.lock();
+        if !from.contains(&state.state) {
+            return Err(ControlError::NotAllowed { card: card_number, state: state.state, action });
+        }
+        let mut record = state.record.clone();
+        record.state = to.to_wire();
+        record.state_changed_at_ms = now_ms();
+        let mut control = self.control();
+        let listed = to != CardState::Active;
+        let version = control.blacklist_version + 1;
+        self.commit_control(&mut control, &[], |write, cf| {
+            write.put_cf(
+                cf,
+                control_key::key(control_key::ACCOUNT, &record.account_number.to_be_bytes()),
+                json(&record),
+            );
+            write.put_cf(
+                cf,
+                control_key::key(control_key::BLACKLIST, &version.to_be_bytes()),
+                blacklist_value(card_number, listed),
+            );
+        })?;
+        self.bump_blacklist(&mut control, version);
+        state.record = record;
+        state.state = to;
+        drop(state);
+        self.card(card_number).ok_or(ControlError::UnknownCard(card_number))
+    }
+
+    fn bump_blacklist(&self, control: &mut ControlState, version: u64) {
+        control.blacklist_version = version;
+        self.shared.blacklist_version.store(version, Ordering::Release);
+    }
+
+    /// Reissues a card (补卡): a new card number for the same account; the old number
+    /// is blocked forever and the balance follows. A replacement fee, if any, is paid
+    /// in cash at the counter (counter clearing → card fee income).
+    ///
+    /// # Errors
+    /// [`ControlError`] if the old card is unknown, replaced or closed, the new number
+    /// is taken or zero, the fee is negative, or the write fails.
+    pub fn reissue(
+        &self,
+        old_card: u64,
+        new_card: u64,
+        fee_fen: i64,
+    ) -> Result<CardView, ControlError> {
+        if new_card == 0 {
+            return Err(ControlError::Zero("card number"));
+        }
+        if !(0..=i64::from(u32::MAX)).contains(&fee_fen) {
+            return Err(ControlError::InvalidAmount(fee_fen));
+        }
+        let account = self.current(old_card, "reissue")?;
+        let mut state = account.lock();
+        not_closed(&state, old_card, "reissue")?;
+        let mut control = self.control();
+        if self.shared.cards.card(new_card).is_some() {
+            return Err(ControlError::CardExists(new_card));
+        }
+        let now = now_ms();
+        let mut record = state.record.clone();
+        record.replaced_cards.push(old_card);
+        record.card_number = new_card;
+        record.state = CardState::Active.to_wire();
+        record.state_changed_at_ms = now;
+        let transfers: Vec<ControlTransfer> = (fee_fen > 0)
+            .then_some(ControlTransfer {
+                debit: AccountId::channel(Channel::Counter),
+                credit: AccountId::single(AccountKind::CardFeeIncome),
+                amount_fen: fee_fen,
+                kind: TransferKind::CardFee,
+                card_number: new_card,
+            })
+            .into_iter()
+            .collect();
+        let version = control.blacklist_version + 1;
+        let account_number = record.account_number;
+        self.commit_control(&mut control, &transfers, |write, cf| {
+            write.put_cf(
+                cf,
+                control_key::key(control_key::ACCOUNT, &account_number.to_be_bytes()),
+                json(&record),
+            );
+            write.put_cf(
+                cf,
+                control_key::key(control_key::CARD, &old_card.to_be_bytes()),
+                card_value(account_number, now),
+            );
+            write.put_cf(
+                cf,
+                control_key::key(control_key::CARD, &new_card.to_be_bytes()),
+                card_value(account_number, 0),
+            );
+            write.put_cf(
+                cf,
+                control_key::key(control_key::BLACKLIST, &version.to_be_bytes()),
+                blacklist_value(old_card, true),
+            );
+        })?;
+        self.bump_blacklist(&mut control, version);
+        drop(control);
+        state.record = record;
+        state.state = CardState::Active;
+        drop(state);
+        self.shared.cards.insert_card(
+            old_card,
+            CardEntry { account: Arc::clone(&account), replaced_at_ms: now },
+        );
+        self.shared.cards.insert_card(new_card, CardEntry { account, replaced_at_ms: 0 });
+        self.card(new_card).ok_or(ControlError::UnknownCard(new_card))
+    }
+
+    /// Extends a card's expiry (延期) to a later date.
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown or closed, the date is not later, or
+    /// the write fails.
+    pub fn extend(&self, card_number: u64, expiry_date: u32) -> Result<CardView, ControlError> {
+        if BusinessDate::from_yyyymmdd(expiry_date).is_none() {
+            return Err(ControlError::InvalidDate(expiry_date));
+        }
+        self.update_record(card_number, "extend", |record| {
+            if expiry_date <= record.expiry_date {
+                return Err(ControlError::InvalidDate(expiry_date));
+            }
+            record.expiry_date = expiry_date;
+            Ok(())
+        })
+    }
+
+    /// Sets per-card limit overrides.
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown or closed, a limit is negative, or the
+    /// write fails.
+    pub fn set_limits(
+        &self,
+        card_number: u64,
+        overrides: LimitOverrides,
+    ) -> Result<CardView, ControlError> {
+        if !overrides.is_valid() {
+            return Err(ControlError::InvalidLimits);
+        }
+        self.update_record(card_number, "set limits", |record| {
+            record.overrides = overrides;
+            Ok(())
+        })
+    }
+
+    /// Sets (or resets) the card's PIN and clears its wrong-PIN count.
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown or closed, or the write fails.
+    pub fn set_pin(&self, card_number: u64, pin: &Pin) -> Result<CardView, ControlError> {
+        let hash = PinHash::new(pin).map_err(|_| ControlError::Random)?;
+        self.update_record(card_number, "set PIN", |record| {
+            record.pin = Some(hash);
+            Ok(())
+        })
+    }
+
+    fn update_record(
+        &self,
+        card_number: u64,
+        action: &'static str,
+        change: impl FnOnce(&mut AccountRecord) -> Result<(), ControlError>,
+    ) -> Result<CardView, ControlError> {
+        let account = self.current(card_number, action)?;
+        let mut state = account.lock();
+        not_closed(&state, card_number, action)?;
+        let mut record = state.record.clone();
+        change(&mut record)?;
+        let mut control = self.control();
+        self.commit_control(&mut control, &[], |write, cf| {
+            write.put_cf(
+                cf,
+                control_key::key(control_key::ACCOUNT, &record.account_number.to_be_bytes()),
+                json(&record),
+            );
+        })?;
+        drop(control);
+        state.limits = record.overrides.apply(record.card_type);
+        state.record = record;
+        state.pin_failures = 0;
+        drop(state);
+        self.card(card_number).ok_or(ControlError::UnknownCard(card_number))
+    }
+
+    /// Closes a card's account (销户): the main purse and the deposit move to refund
+    /// payable for finance to pay out, the restricted purse returns to subsidy funding,
+    /// and the card never works again.
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown, replaced or already closed, or the
+    /// write fails.
+    pub fn close_card(&self, card_number: u64) -> Result<CardView, ControlError> {
+        let account = self.current(card_number, "close")?;
+        let mut state = account.lock();
+        not_closed(&state, card_number, "close")?;
+        let account_number = account.number;
+        let refund_payable = AccountId::single(AccountKind::RefundPayable);
+        let mut transfers = Vec::new();
+        let mut push = |debit, credit, amount_fen, kind| {
+            if amount_fen > 0 {
+                transfers.push(ControlTransfer { debit, credit, amount_fen, kind, card_number });
+            }
+        };
+        push(
+            AccountId::card(account_number),
+            refund_payable,
+            state.balance_fen,
+            TransferKind::CloseBalance,
+        );
+        push(
+            AccountId::card_restricted(account_number),
+            AccountId::single(AccountKind::SubsidyFunding),
+            state.restricted_fen,
+            TransferKind::CloseBalance,
+        );
+        push(
+            AccountId::single(AccountKind::Deposit),
+            refund_payable,
+            state.record.deposit_fen,
+            TransferKind::CloseDeposit,
+        );
+        let mut record = state.record.clone();
+        record.state = CardState::Closed.to_wire();
+        record.state_changed_at_ms = now_ms();
+        record.deposit_fen = 0;
+        let mut control = self.control();
+        let version = control.blacklist_version + 1;
+        self.commit_control(&mut control, &transfers, |write, cf| {
+            write.put_cf(
+                cf,
+                control_key::key(control_key::ACCOUNT, &account_number.to_be_bytes()),
+                json(&record),
+            );
+            write.put_cf(
+                cf,
+                control_key::key(control_key::BLACKLIST, &version.to_be_bytes()),
+                blacklist_value(card_number, true),
+            );
+        })?;
+        self.bump_blacklist(&mut control, version);
+        drop(control);
+        state.balance_fen = 0;
+        state.restricted_fen = 0;
+        state.record = record;
+        state.state = CardState::Closed;
+        drop(state);
+        self.card(card_number).ok_or(ControlError::UnknownCard(card_number))
+    }
+
+    /// Credits a subsidy (补助) from subsidy funding to one of a card's purses. The
+    /// subsidy workflow posts its approved batches through this.
+    ///
+    /// # Errors
+    /// [`ControlError`] if the card is unknown, replaced or closed, the amount is not
+    /// positive, or the write fails.
+    pub fn post_subsidy(
+        &self,
+        card_number: u64,
+        amount_fen: i64,
+        purse: Purse,
+    ) -> Result<CardView, ControlError> {
+        if !(1..=i64::from(u32::MAX)).contains(&amount_fen) {
+            return Err(ControlError::InvalidAmount(amount_fen));
+        }
+        let account = self.current(card_number, "post a subsidy")?;
+        let mut state = account.lock();
+        not_closed(&state, card_number, "post a subsidy")?;
+        let credit = match purse {
+            Purse::Main => AccountId::card(account.number),
+            Purse::Restricted => AccountId::card_restricted(account.number),
+        };
+        let transfer = ControlTransfer {
+            debit: AccountId::single(AccountKind::SubsidyFunding),
+            credit,
+            amount_fen,
+            kind: TransferKind::Subsidy,
+            card_number,
+        };
+        let mut control = self.control();
+        self.commit_control(&mut control, &[transfer], |_, _| {})?;
+        drop(control);
+        match purse {
+            Purse::Main => state.balance_fen += amount_fen,
+            Purse::Restricted => state.restricted_fen += amount_fen,
+        }
+        drop(state);
+        self.card(card_number).ok_or(ControlError::UnknownCard(card_number))
+    }
+
+    /// Writes one control batch: the transfers (with their balance merges and index
+    /// keys) and whatever records `records` adds, synced.
+    fn commit_control(
+        &self,
+        control: &mut ControlState,
+        transfers: &[ControlTransfer],
+        records: impl FnOnce(&mut WriteBatch, &rocksdb::ColumnFamily),
+    ) -> Result<(), ControlError> {
+        let store = &self.shared.store;
+        let mut write = WriteBatch::default();
+        records(&mut write, store.cf(CF_CONTROL));
+        if self.shared.fail_next_write(u8::try_from(self.shared.fail_writes.len() - 1).unwrap_or(0))
+        {
+            return Err(ControlError::FaultInjected);
+        }
+        if transfers.is_empty() {
+            store.db().write_opt(write, &synced())?;
+            return Ok(());
+        }
+        let date = self.shared.business_date();
+        let now = now_ms();
+        let mut postings = Postings::default();
+        let batch = Batch {
+            number: control.next_batch,
+            business_date: date,
+            committed_at_ms: now,
+            first_transfer_id: control.next_transfer_id,
+            transfers: (0u64..)
+                .zip(transfers)
+                .map(|(offset, t)| Transfer {
+                    id: control.next_transfer_id + offset,
+                    debit: t.debit,
+                    credit: t.credit,
+                    amount_fen: t.amount_fen,
+                    kind: t.kind,
+                    business_date: date,
+                    timestamp_ms: now,
+                    terminal_id: 0,
+                    sequence: 0,
+                    corrects: 0,
+                    card_number: t.card_number,
+                    meal_period: MealPeriod::Unspecified,
+                    continues: false,
+                })
+                .collect(),
+            entries: Vec::<Entry>::new(),
+        };
+        for transfer in &batch.transfers {
+            postings.add(transfer);
+        }
+        postings.write(store, &mut write);
+        let key = batch_key(batch.first_transfer_id, batch.number);
+        write.put_cf(store.cf(&journal_cf(CONTROL_JOURNAL)), key, batch.encode());
+        store.db().write_opt(write, &synced())?;
+        control.next_transfer_id = batch.next_transfer_id();
+        control.next_batch += 1;
+        Ok(())
+    }
+
+    // ----- queries -----
+
+    /// A card as the card centre sees it; `None` for an unknown number.
+    #[must_use]
+    pub fn card(&self, card_number: u64) -> Option<CardView> {
+        let card = self.shared.cards.card(card_number)?;
+        let state = card.account.lock();
+        let date = self.shared.business_date();
+        Some(CardView {
+            card_number,
+            account_number: card.account.number,
+            holder_id: state.record.holder_id.clone(),
+            holder_name: state.record.holder_name.clone(),
+            card_type: state.record.card_type,
+            state: if card.replaced_at_ms != 0 { CardState::Replaced } else { state.state },
+            expiry_date: state.record.expiry_date,
+            balance_fen: state.balance_fen,
+            restricted_fen: state.restricted_fen,
+            deposit_fen: state.record.deposit_fen,
+            limits: state.limits,
+            spent_today_fen: state.spent_on(date),
+            has_pin: state.record.pin.is_some(),
+        })
+    }
+
+    /// An account's committed balance, from disk. For a card purse, the purse.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn account_balance(&self, account: AccountId) -> Result<i64, rocksdb::Error> {
+        let balances = self.shared.store.cf(CF_BALANCES);
+        let key_account = match account.kind() {
+            AccountKind::CardRestricted => AccountId::card(account.number()),
+            _ => account,
+        };
+        let value = self.shared.store.db().get_cf(balances, key_account.to_u64().to_be_bytes())?;
+        Ok(match (account.kind(), value) {
+            (_, None) => 0,
+            (AccountKind::Card, Some(bytes)) => {
+                CardMoney::decode(&bytes).map_or(0, |m| m.balance_fen)
+            }
+            (AccountKind::CardRestricted, Some(bytes)) => {
+                CardMoney::decode(&bytes).map_or(0, |m| m.restricted_fen)
+            }
+            (_, Some(bytes)) => <[u8; 8]>::try_from(bytes.as_slice()).map_or(0, i64::from_le_bytes),
+        })
+    }
+
+    /// One transfer by id.
+    #[must_use]
+    pub fn transfer(&self, id: u64) -> Option<Transfer> {
+        let journal = journal_of(id);
+        if journal != CONTROL_JOURNAL && journal >= self.shards() {
+            return None;
+        }
+        self.shared.transfer_pair(journal, id).map(|(transfer, _)| transfer)
+    }
+
+    /// A page of a card's statement, newest first, starting before `before`.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownCard`], or a failed read.
+    pub fn statement(
+        &self,
+        card_number: u64,
+        before: Option<StatementCursor>,
+        limit: usize,
+    ) -> Result<Statement, ControlError> {
+        let card =
+            self.shared.cards.card(card_number).ok_or(ControlError::UnknownCard(card_number))?;
+        let account = card.account.number;
+        let limit = limit.clamp(1, STATEMENT_PAGE_MAX);
+        let upper = before.map_or_else(
+            || index_key(account, u64::MAX, u64::MAX),
+            |cursor| index_key(account, cursor.timestamp_ms, cursor.transfer_id),
+        );
+        let index = self.shared.store.cf(CF_INDEX);
+        let mut iter = self.shared.store.db().raw_iterator_cf(index);
+        iter.seek_for_prev(upper);
+        let mut transfers = Vec::new();
+        let mut last = None;
+        while iter.valid() && transfers.len() < limit {
+            let Some(key) = iter.key() else { break };
+            if key.len() != 24 || be_u64(&key[..8]) != Some(account) {
+                break;
+            }
+            if key != upper {
+                let id = be_u64(&key[16..]).unwrap_or(0);
+                if let Some(transfer) = self.transfer(id) {
+                    last = Some(StatementCursor {
+                        timestamp_ms: transfer.timestamp_ms,
+                        transfer_id: id,
+                    });
+                    transfers.push(transfer);
+                }
+            }
+            iter.prev();
+        }
+        iter.status()?;
+        let next = if transfers.len() == limit { last } else { None };
+        Ok(Statement { transfers, next })
+    }
+
+    /// A merchant's transfers for a business date, in commit order, read from its
+    /// shard's journal alone.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownMerchant`], or a failed or corrupt read.
+    pub fn merchant_transfers(
+        &self,
+        merchant_id: u32,
+        date: BusinessDate,
+    ) -> Result<Vec<Transfer>, ControlError> {
+        let merchant = self
+            .shared
+            .directory
+            .merchant(merchant_id)
+            .ok_or(ControlError::UnknownMerchant(merchant_id))?;
+        let account = AccountId::merchant(merchant_id);
+        let store = &self.shared.store;
+        let journal = store.cf(&journal_cf(merchant.shard));
+        let mut day_key = vec![shard_key::DAY_START];
+        day_key.extend_from_slice(&date.to_yyyymmdd().to_be_bytes());
+        let Some(start) = store.db().get_cf(journal, day_key)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let iter = store.db().iterator_cf(journal, IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            if key.first() != Some(&merchant.shard) || key.len() != 16 {
+                break;
+            }
+            let batch =
+                Batch::decode(&value).map_err(|_| ControlError::UnknownMerchant(merchant_id))?;
+            if batch.business_date > date {
+                break;
+            }
+            out.extend(batch.transfers.into_iter().filter(|t| {
+                t.business_date == date && (t.debit == account || t.credit == account)
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The answers a terminal's retries would be served from, oldest first, read from
+    /// disk (what it was told, as committed).
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownTerminal`], or a failed read.
+    pub fn terminal_answers(&self, terminal_id: u32) -> Result<Vec<Entry>, ControlError> {
+        let terminal = self
+            .shared
+            .directory
+            .terminal(terminal_id)
+            .ok_or(ControlError::UnknownTerminal(terminal_id))?;
+        let store = &self.shared.store;
+        let journal = store.cf(&journal_cf(terminal.shard));
+        let mut key = vec![shard_key::TERMINAL_STATE];
+        key.extend_from_slice(&terminal_id.to_be_bytes());
+        let Some(bytes) = store.db().get_cf(journal, key)? else {
+            return Ok(Vec::new());
+        };
+        let state =
+            TerminalState::decode(&bytes).ok_or(ControlError::UnknownTerminal(terminal_id))?;
+        let mut keys = state.batches;
+        keys.sort_unstable();
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(value) = store.db().get_cf(journal, key)?
+                && let Ok(batch) = Batch::decode(&value)
+            {
+                out.extend(batch.entries.into_iter().filter(|e| e.terminal_id == terminal_id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Blacklist changes after `since`, at most `max` (and at most the protocol's
+    /// limit), with the current version.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn blacklist_since(
+        &self,
+        since: u64,
+        max: usize,
+    ) -> Result<(u64, Vec<BlacklistEntry>), rocksdb::Error> {
+        let current = self.blacklist_version();
+        let max = max.min(onecard_protocol::limits::BLACKLIST_ENTRIES_MAX);
+        let cf = self.shared.store.cf(CF_CONTROL);
+        let start =
+            control_key::key(control_key::BLACKLIST, &since.saturating_add(1).to_be_bytes());
+        let mut entries = Vec::new();
+        for item in
+            self.shared.store.db().iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            if key.first() != Some(&control_key::BLACKLIST) || entries.len() >= max {
+                break;
+            }
+            let (Some(version), Some(card_number)) =
+                (be_u64(&key[1..]), value.get(..8).and_then(be_u64))
+            else {
+                continue;
+            };
+            entries.push(BlacklistEntry { version, card_number, listed: value.get(8) == Some(&1) });
+        }
+        Ok((current, entries))
+    }
+
+    /// Proves the ledger's invariants from disk; see [`crate::verify`].
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn verify(&self) -> Result<crate::verify::VerifyReport, rocksdb::Error> {
+        let in_memory: Vec<(u64, i64, i64)> = self
+            .shared
+            .cards
+            .accounts()
+            .iter()
+            .map(|account| {
+                let state = account.lock();
+                (account.number, state.balance_fen, state.restricted_fen)
+            })
+            .collect();
+        crate::verify::verify(&self.shared.store, Some(&in_memory))
+    }
+
+    /// Stops taking requests, lets every shard finish and commit what is queued, and
+    /// closes the store.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if self.queues.is_empty() && self.threads.is_empty() {
+            return;
+        }
+        self.queues.clear();
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a shard thread panicked");
+            }
+        }
+        // Everything is already durable in the log; flushing the memtables now means
+        // the next open does not replay it.
+        let store = &self.shared.store;
+        let mut families = vec![CF_META, CF_CONTROL, CF_BALANCES, CF_INDEX];
+        let journals: Vec<String> = (0..store.shards()).map(journal_cf).collect();
+        families.extend(journals.iter().map(String::as_str));
+        families.push(crate::store::CF_JOURNAL_CONTROL);
+        for name in families {
+            if let Err(error) = store.db().flush_cf(store.cf(name)) {
+                tracing::warn!(%error, family = name, "flush at close failed; the next open replays the log");
+            }
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A control-plane transfer before it has an id.
+struct ControlTransfer {
+    debit: AccountId,
+    credit: AccountId,
+    amount_fen: i64,
+    kind: TransferKind,
+    card_number: u64,
+}
+
+/// Refuses an action on a closed card.
+fn not_closed(state: &AccountState, card: u64, action: &'static str) -> Result<(), ControlError> {
+    if state.state == CardState::Closed {
+        return Err(ControlError::NotAllowed { card, state: state.state, action });
+    }
+    Ok(())
+}
+
+fn check_name(what: &'static str, name: &str) -> Result<(), ControlError> {
+    if name.trim().is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
+        return Err(ControlError::InvalidName(what));
+    }
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+fn card_value(account_number: u64, replaced_at_ms: u64) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&account_number.to_be_bytes());
+    value[8..].copy_from_slice(&replaced_at_ms.to_be_bytes());
+    value
+}
+
+fn blacklist_value(card_number: u64, listed: bool) -> [u8; 9] {
+    let mut value = [0u8; 9];
+    value[..8].copy_from_slice(&card_number.to_be_bytes());
+    value[8] = u8::from(listed);
+    value
+}
+
+fn terminal_from(
+    record: &TerminalRecord,
+    merchant: &MerchantRecord,
+) -> Result<Terminal, LedgerError> {
+    let key = TerminalKey::from_hex(&record.key).map_err(|e| corrupt("terminal key", e))?;
+    Ok(Terminal {
+        id: record.id,
+        merchant_id: record.merchant_id,
+        category: merchant.category,
+        shard: merchant.shard,
+        key,
+        enabled: AtomicBool::new(record.enabled),
+        last_sequence: AtomicU64::new(0),
+        blacklist_version: AtomicU64::new(0),
+    })
+}
+
+/// The last batch a journal committed.
+fn last_batch(store: &Store, journal: u8) -> Result<Option<Batch>, LedgerError> {
+    let cf = store.cf(&journal_cf(journal));
+    let mut iter = store.db().raw_iterator_cf(cf);
+    iter.seek_for_prev(batch_key(((u64::from(journal) + 1) << 56).wrapping_sub(1), u64::MAX));
+    iter.status()?;
+    match (iter.key(), iter.value()) {
+        (Some(key), Some(value)) if key.len() == 16 && key[0] == journal => {
+            Batch::decode(value).map(Some).map_err(|e| corrupt("journal batch", e))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Reads back a shard: its next ids, and every terminal's retry window.
+fn recover_shard(shared: &Shared, shard: u8) -> Result<RecoveredShard, LedgerError> {
+    let store = &shared.store;
+    let last = last_batch(store, shard)?;
+    let journal = store.cf(&journal_cf(shard));
+    let mut states = Vec::new();
+    for item in store.db().prefix_iterator_cf(journal, [shard_key::TERMINAL_STATE]) {
+        let (key, value) = item?;
+        if key.first() != Some(&shard_key::TERMINAL_STATE) {
+            break;
+        }
+        let terminal =
+            be_u32(&key[1..]).ok_or_else(|| corrupt("terminal state key", hex::encode(&key)))?;
+        let state =
+            TerminalState::decode(&value).ok_or_else(|| corrupt("terminal state", terminal))?;
+        states.push((terminal, state));
+    }
+    let mut batches = HashMap::new();
+    for (_, state) in &states {
+        for key in &state.batches {
+            if batches.contains_key(key) {
+                continue;
+            }
+            let value = store.db().get_cf(journal, key)?.ok_or_else(|| {
+                corrupt("terminal state", "names a batch that is not in the journal")
+            })?;
+            batches.insert(*key, Batch::decode(&value).map_err(|e| corrupt("journal batch", e))?);
+        }
+    }
+    let mut windows = HashMap::new();
+    for (terminal_id, state) in states {
+        let window = rebuild_window(terminal_id, &state, &batches);
+        if let Some(terminal) = shared.directory.terminal(terminal_id) {
+            terminal.last_sequence.store(state.last_sequence, Ordering::Release);
+            terminal.blacklist_version.store(state.blacklist_version, Ordering::Release);
+        }
+        windows.insert(terminal_id, window);
+    }
+    Ok(RecoveredShard {
+        next_transfer_id: last.as_ref().map_or(first_transfer_id(shard), Batch::next_transfer_id),
+        next_batch: last.as_ref().map_or(1, |batch| batch.number + 1),
+        last_date: last.as_ref().map_or(0, |batch| batch.business_date.to_yyyymmdd()),
+        windows,
+    })
+}

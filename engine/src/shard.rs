@@ -1,0 +1,1565 @@
+//! A shard's writer: one thread that takes terminal requests from a bounded queue,
+//! decides a whole batch, commits it as one synced RocksDB write, and only then
+//! releases the answers.
+//!
+//! # A batch
+//! 1. Block for the first request, then take whatever else is queued, up to
+//!    [`BATCH_REQUESTS_MAX`]: a lone request is not kept waiting, and under load the
+//!    batch grows while the previous one syncs.
+//! 2. Decide each request in order. Debits are taken from the card's in-memory
+//!    balance at once (under the account's mutex, the one authority across shards);
+//!    credits are held back until the batch is durable, so no shard can spend money
+//!    that might yet be lost.
+//! 3. Write the journal record, the balance merges, the statement index, the sale and
+//!    offline marks and every touched terminal's state in one `WriteBatch`, synced.
+//! 4. On success apply the held credits and answer. On failure give the debits back,
+//!    poison the shard (it answers `ServiceUnavailable` from then on) and answer
+//!    every request in the batch `ServiceUnavailable`: nothing was approved.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam::channel::Receiver;
+use onecard_protocol::message::{
+    BalanceAnswer, OfflineRecord, OfflineResult, OfflineUploadAnswer, Purchase, Refund, Reject,
+    Reversal, TopUp, TransferAnswer,
+};
+use onecard_protocol::pin::PIN_KEY_LABEL;
+use onecard_protocol::{
+    Answer, AnswerCode, Body, CardState, MacAlgorithm, MacKey, MealPeriod, MessageType, PinContext,
+    Request,
+};
+use rocksdb::WriteBatch;
+use tokio::sync::oneshot;
+
+use crate::account::AccountId;
+use crate::cards::{AccountState, CardAccount, CardEntry};
+use crate::date::{BusinessDate, now_ms};
+use crate::directory::{MerchantCategory, Terminal};
+use crate::journal::{
+    Batch, BatchView, Entry, Transfer, TransferKind, batch_key, journal_of, read_transfer, seek_key,
+};
+use crate::ledger::Shared;
+use crate::limits::{
+    BATCH_REQUESTS_MAX, PIN_FAILURES_MAX, RECENT_BATCHES_MAX, RETRY_WINDOW_REQUESTS,
+    TERMINAL_HISTORY_BATCHES_MAX,
+};
+use crate::postings::Postings;
+use crate::store::{journal_cf, shard_key, synced};
+
+/// A terminal request as the front door hands it to the ledger.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The terminal, from the frame header (its MAC already verified).
+    pub terminal_id: u32,
+    /// The request's terminal sequence, from the frame header.
+    pub sequence: u64,
+    /// The MAC algorithm of the frame, which also keys the PIN block.
+    pub mac_algorithm: MacAlgorithm,
+    /// The request.
+    pub request: Request,
+}
+
+/// A request on its way to a shard, with where its answer goes.
+pub(crate) struct Command {
+    pub submission: Submission,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// Counters a shard keeps about itself.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Transfers committed.
+    pub transfers: AtomicU64,
+    /// Time spent in RocksDB writes, µs.
+    pub commit_us_total: AtomicU64,
+    /// Set when a write failed; the shard refuses work until the store is reopened.
+    pub poisoned: AtomicBool,
+}
+
+/// Why a batch did not become durable.
+#[derive(Debug, thiserror::Error)]
+enum WriteFailure {
+    /// RocksDB refused the write or the sync.
+    #[error("storage: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A test asked this write to fail.
+    #[error("injected write failure")]
+    Injected,
+}
+
+/// One retained answer of a terminal.
+#[derive(Debug, Clone)]
+struct WindowEntry {
+    sequence: u64,
+    message_type: MessageType,
+    code: AnswerCode,
+    transfer_id: u64,
+    card_number: u64,
+    amount_fen: u32,
+    balance_fen: i64,
+    restricted_fen: i64,
+    /// The journal batch holding it; `None` for answers that wrote nothing.
+    batch: Option<[u8; 16]>,
+    /// A reversal arrived before this sequence did: the original is refused.
+    tombstone: bool,
+    /// The request was reversed.
+    reversed: bool,
+    /// Balance inquiries: card state and expiry.
+    card_state: CardState,
+    expiry_date: u32,
+    /// Offline uploads: what became of each record.
+    offline: Option<Box<[OfflineResult]>>,
+}
+
+impl WindowEntry {
+    fn new(sequence: u64, message_type: MessageType, code: AnswerCode) -> Self {
+        Self {
+            sequence,
+            message_type,
+            code,
+            transfer_id: 0,
+            card_number: 0,
+            amount_fen: 0,
+            balance_fen: 0,
+            restricted_fen: 0,
+            batch: None,
+            tombstone: false,
+            reversed: false,
+            card_state: CardState::Active,
+            expiry_date: 0,
+            offline: None,
+        }
+    }
+
+    /// The answer this entry gave, as a retry receives it.
+    fn answer(&self, duplicate: bool) -> Answer {
+        let transfer = TransferAnswer {
+            duplicate,
+            code: self.code,
+            transfer_id: self.transfer_id,
+            balance_fen: self.balance_fen,
+            restricted_balance_fen: self.restricted_fen,
+        };
+        match self.message_type {
+            MessageType::Purchase => Answer::Purchase(transfer),
+            MessageType::TopUp => Answer::TopUp(transfer),
+            MessageType::Refund => Answer::Refund(transfer),
+            MessageType::Reversal => Answer::Reversal(transfer),
+            MessageType::BalanceInquiry => Answer::BalanceInquiry(BalanceAnswer {
+                code: self.code,
+                card_state: self.card_state,
+                balance_fen: self.balance_fen,
+                restricted_balance_fen: self.restricted_fen,
+                expiry_date: self.expiry_date,
+            }),
+            _ => Answer::OfflineUpload(OfflineUploadAnswer {
+                duplicate,
+                code: self.code,
+                results: self.offline.as_deref().unwrap_or_default().to_vec(),
+            }),
+        }
+    }
+}
+
+/// The answers a terminal's retries are served from.
+#[derive(Debug, Default)]
+pub(crate) struct TerminalWindow {
+    last_sequence: u64,
+    /// Every sequence at or below this that is not retained is stale.
+    floor: u64,
+    blacklist_version: u64,
+    entries: VecDeque<WindowEntry>,
+}
+
+impl TerminalWindow {
+    fn find(&self, sequence: u64) -> Option<&WindowEntry> {
+        self.entries.iter().rev().find(|entry| entry.sequence == sequence)
+    }
+
+    fn find_mut(&mut self, sequence: u64) -> Option<&mut WindowEntry> {
+        self.entries.iter_mut().rev().find(|entry| entry.sequence == sequence)
+    }
+
+    fn push(&mut self, entry: WindowEntry) {
+        self.last_sequence = self.last_sequence.max(entry.sequence);
+        self.entries.push_back(entry);
+        while self.entries.len() > RETRY_WINDOW_REQUESTS {
+            if let Some(old) = self.entries.pop_front() {
+                self.floor = self.floor.max(old.sequence);
+            }
+        }
+    }
+
+    /// The persisted form: last sequence, floor, blacklist version (8 bytes each,
+    /// LE), then the distinct batch keys the retained answers are in (count 2 bytes
+    /// LE, 16 bytes each).
+    fn encode(&self) -> Vec<u8> {
+        let mut batches: Vec<[u8; 16]> = Vec::new();
+        for entry in &self.entries {
+            if let Some(key) = entry.batch
+                && !batches.contains(&key)
+            {
+                batches.push(key);
+            }
+        }
+        debug_assert!(batches.len() <= TERMINAL_HISTORY_BATCHES_MAX);
+        let mut out = Vec::with_capacity(26 + batches.len() * 16);
+        out.extend_from_slice(&self.last_sequence.to_le_bytes());
+        out.extend_from_slice(&self.floor.to_le_bytes());
+        out.extend_from_slice(&self.blacklist_version.to_le_bytes());
+        out.extend_from_slice(&u16::try_from(batches.len()).unwrap_or(u16::MAX).to_le_bytes());
+        for key in batches {
+            out.extend_from_slice(&key);
+        }
+        out
+    }
+}
+
+/// A terminal's persisted state, decoded.
+pub(crate) struct TerminalState {
+    pub last_sequence: u64,
+    pub floor: u64,
+    pub blacklist_version: u64,
+    pub batches: Vec<[u8; 16]>,
+}
+
+impl TerminalState {
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let word = |at: usize| {
+            bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+        };
+        let count = usize::from(u16::from_le_bytes(bytes.get(24..26)?.try_into().ok()?));
+        if bytes.len() != 26 + count * 16 {
+            return None;
+        }
+        let batches =
+            bytes[26..].chunks_exact(16).map(|c| c.try_into().expect("16 bytes")).collect();
+        Some(Self {
+            last_sequence: word(0)?,
+            floor: word(8)?,
+            blacklist_version: word(16)?,
+            batches,
+        })
+    }
+}
+
+/// Rebuilds a terminal's window from its persisted state and the batches it names.
+pub(crate) fn rebuild_window(
+    terminal_id: u32,
+    state: &TerminalState,
+    batches: &HashMap<[u8; 16], Batch>,
+) -> TerminalWindow {
+    let mut window = TerminalWindow {
+        last_sequence: 0,
+        floor: state.floor,
+        blacklist_version: state.blacklist_version,
+        entries: VecDeque::new(),
+    };
+    let mut keys = state.batches.clone();
+    keys.sort_unstable();
+    for key in keys {
+        let Some(batch) = batches.get(&key) else { continue };
+        for entry in batch.entries.iter().filter(|e| e.terminal_id == terminal_id) {
+            replay(&mut window, batch, key, entry);
+        }
+    }
+    window.last_sequence = window.last_sequence.max(state.last_sequence);
+    window.floor = state.floor;
+    window
+}
+
+/// Applies one journal entry to a window, as deciding it did.
+fn replay(window: &mut TerminalWindow, batch: &Batch, key: [u8; 16], entry: &Entry) {
+    if entry.message_type == MessageType::OfflineUpload {
+        let result = OfflineResult {
+            sequence: entry.aux,
+            code: entry.code,
+            transfer_id: batch.answer_transfer_id(entry),
+            balance_fen: entry.balance_fen,
+        };
+        if let Some(existing) = window.find_mut(entry.sequence) {
+            let mut results = existing.offline.take().map(Vec::from).unwrap_or_default();
+            results.push(result);
+            existing.offline = Some(results.into_boxed_slice());
+            return;
+        }
+        let mut upload = WindowEntry::new(entry.sequence, entry.message_type, AnswerCode::Approved);
+        upload.batch = Some(key);
+        upload.offline = Some(vec![result].into_boxed_slice());
+        window.push(upload);
+        return;
+    }
+    if entry.message_type == MessageType::Reversal {
+        if entry.flags & Entry::TOMBSTONE != 0 {
+            let mut tombstone =
+                WindowEntry::new(entry.aux, MessageType::Purchase, AnswerCode::AlreadyReversed);
+            tombstone.tombstone = true;
+            tombstone.batch = Some(key);
+            window.push(tombstone);
+        } else if entry.code == AnswerCode::Approved
+            && entry.transfer_count > 0
+            && let Some(original) = window.find_mut(entry.aux)
+        {
+            original.reversed = true;
+        }
+    }
+    let mut retained = WindowEntry::new(entry.sequence, entry.message_type, entry.code);
+    if entry.message_type == MessageType::BalanceInquiry {
+        retained.expiry_date = u32::try_from(entry.aux).unwrap_or(0);
+        retained.card_state = u8::try_from(entry.reference)
+            .ok()
+            .and_then(|wire| CardState::from_wire(wire).ok())
+            .unwrap_or(CardState::Closed);
+        retained.balance_fen = entry.balance_fen;
+        retained.restricted_fen = entry.restricted_balance_fen;
+        retained.batch = Some(key);
+        window.push(retained);
+        return;
+    }
+    retained.transfer_id = batch.answer_transfer_id(entry);
+    retained.card_number = entry.card_number;
+    retained.amount_fen = entry.amount_fen;
+    retained.balance_fen = entry.balance_fen;
+    retained.restricted_fen = entry.restricted_balance_fen;
+    retained.batch = Some(key);
+    window.push(retained);
+}
+
+/// Refunds and reversal of one sale (a purchase's transfers).
+#[derive(Debug, Clone, Copy, Default)]
+struct SaleMark {
+    refunded_fen: i64,
+    reversed: bool,
+}
+
+impl SaleMark {
+    fn encode(self) -> [u8; 9] {
+        let mut out = [0u8; 9];
+        out[..8].copy_from_slice(&self.refunded_fen.to_le_bytes());
+        out[8] = u8::from(self.reversed);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; 9] = bytes.try_into().ok()?;
+        Some(Self {
+            refunded_fen: i64::from_le_bytes(bytes[..8].try_into().ok()?),
+            reversed: bytes[8] != 0,
+        })
+    }
+}
+
+/// Money held back or taken, to apply or give back when the batch's fate is known.
+struct Movement {
+    account: Arc<CardAccount>,
+    main_fen: i64,
+    restricted_fen: i64,
+    spent_fen: i64,
+}
+
+/// A batch being decided.
+struct Work {
+    date: BusinessDate,
+    now_ms: u64,
+    key: [u8; 16],
+    first_transfer_id: u64,
+    transfers: Vec<Transfer>,
+    entries: Vec<Entry>,
+    postings: Postings,
+    replies: Vec<(oneshot::Sender<Answer>, MessageType, Answer)>,
+    /// Debits taken from memory; given back if the write fails.
+    taken: Vec<Movement>,
+    /// Credits held back; applied once the write is durable.
+    held: Vec<Movement>,
+    touched: HashSet<u32>,
+    sale_marks: HashMap<u64, SaleMark>,
+    offline_records: HashMap<(u32, u64), (AnswerCode, u64)>,
+}
+
+impl Work {
+    fn next_id(&self) -> u64 {
+        self.first_transfer_id + self.transfers.len() as u64
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &mut self,
+        debit: AccountId,
+        credit: AccountId,
+        amount_fen: i64,
+        kind: TransferKind,
+        terminal: &Terminal,
+        sequence: u64,
+        corrects: u64,
+        card_number: u64,
+        meal_period: MealPeriod,
+        timestamp_ms: u64,
+        continues: bool,
+    ) -> u64 {
+        let id = self.next_id();
+        let transfer = Transfer {
+            id,
+            debit,
+            credit,
+            amount_fen,
+            kind,
+            business_date: self.date,
+            timestamp_ms,
+            terminal_id: terminal.id,
+            sequence,
+            corrects,
+            card_number,
+            meal_period,
+            continues,
+        };
+        self.postings.add(&transfer);
+        self.transfers.push(transfer);
+        id
+    }
+}
+
+/// What a purchase-like debit took from a card.
+struct Debit {
+    restricted_fen: i64,
+    main_fen: i64,
+    balance_fen: i64,
+    restricted_after_fen: i64,
+}
+
+/// One shard's writer thread.
+pub(crate) struct ShardWriter {
+    id: u8,
+    shared: Arc<Shared>,
+    queue: Receiver<Command>,
+    next_transfer_id: u64,
+    next_batch: u64,
+    last_date: u32,
+    windows: HashMap<u32, TerminalWindow>,
+    stats: Arc<ShardStats>,
+    /// First transfer id → key of the batches committed since the ledger opened (at
+    /// most [`RECENT_BATCHES_MAX`]), so refunds and reversals read their original with
+    /// a point lookup instead of a seek.
+    recent_batches: BTreeMap<u64, [u8; 16]>,
+}
+
+impl ShardWriter {
+    pub fn new(
+        id: u8,
+        shared: Arc<Shared>,
+        queue: Receiver<Command>,
+        stats: Arc<ShardStats>,
+        recovered: RecoveredShard,
+    ) -> Self {
+        Self {
+            id,
+            shared,
+            queue,
+            next_transfer_id: recovered.next_transfer_id,
+            next_batch: recovered.next_batch,
+            last_date: recovered.last_date,
+            windows: recovered.windows,
+            stats,
+            recent_batches: BTreeMap::new(),
+        }
+    }
+
+    /// Runs until every sender is gone and the queue is drained.
+    pub fn run(mut self) {
+        let mut commands = Vec::with_capacity(BATCH_REQUESTS_MAX);
+        while let Ok(first) = self.queue.recv() {
+            commands.push(first);
+            while commands.len() < BATCH_REQUESTS_MAX {
+                match self.queue.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.batch(&mut commands);
+        }
+    }
+
+    fn batch(&mut self, commands: &mut Vec<Command>) {
+        let requests = commands.len() as u64;
+        if self.stats.poisoned.load(Ordering::Acquire) {
+            for command in commands.drain(..) {
+                let answer = refusal(&command.submission.request, AnswerCode::ServiceUnavailable);
+                let _ = command.reply.send(answer);
+            }
+            return;
+        }
+        let date = self.shared.business_date();
+        let mut work = Work {
+            date,
+            now_ms: now_ms(),
+            key: batch_key(self.next_transfer_id, self.next_batch),
+            first_transfer_id: self.next_transfer_id,
+            transfers: Vec::with_capacity(commands.len() * 2),
+            entries: Vec::with_capacity(commands.len()),
+            postings: Postings::default(),
+            replies: Vec::with_capacity(commands.len()),
+            taken: Vec::new(),
+            held: Vec::new(),
+            touched: HashSet::new(),
+            sale_marks: HashMap::new(),
+            offline_records: HashMap::new(),
+        };
+        for command in commands.drain(..) {
+            let answer = self.decide(&mut work, &command.submission);
+            let message_type = command.submission.request.message_type();
+            work.replies.push((command.reply, message_type, answer));
+        }
+        let committed = if work.entries.is_empty() { Ok(()) } else { self.commit(&work) };
+        match committed {
+            Ok(()) => {
+                for movement in &work.held {
+                    let mut state = movement.account.lock();
+                    state.balance_fen += movement.main_fen;
+                    state.restricted_fen += movement.restricted_fen;
+                    state.add_spent(date, movement.spent_fen);
+                }
+                if !work.transfers.is_empty() {
+                    self.recent_batches.insert(work.first_transfer_id, work.key);
+                    if self.recent_batches.len() > RECENT_BATCHES_MAX {
+                        self.recent_batches.pop_first();
+                    }
+                }
+                if !work.entries.is_empty() {
+                    self.next_transfer_id = work.next_id();
+                    self.next_batch += 1;
+                    self.last_date = date.to_yyyymmdd();
+                }
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.transfers.fetch_add(work.transfers.len() as u64, Ordering::Relaxed);
+                self.stats.requests.fetch_add(requests, Ordering::Relaxed);
+                for (reply, _, answer) in work.replies {
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(error) => {
+                tracing::error!(shard = self.id, %error, "commit failed; the shard is poisoned");
+                self.stats.poisoned.store(true, Ordering::Release);
+                for movement in &work.taken {
+                    let mut state = movement.account.lock();
+                    state.balance_fen += movement.main_fen;
+                    state.restricted_fen += movement.restricted_fen;
+                    state.add_spent(date, -movement.spent_fen);
+                }
+                for (reply, message_type, _) in work.replies {
+                    let _ = reply.send(refusal_of(message_type, AnswerCode::ServiceUnavailable));
+                }
+            }
+        }
+    }
+
+    fn commit(&self, work: &Work) -> Result<(), WriteFailure> {
+        if self.shared.fail_next_write(self.id) {
+            return Err(WriteFailure::Injected);
+        }
+        let started = Instant::now();
+        let store = &self.shared.store;
+        let journal = store.cf(&journal_cf(self.id));
+        let batch = BatchView {
+            number: self.next_batch,
+            business_date: work.date,
+            committed_at_ms: work.now_ms,
+            first_transfer_id: work.first_transfer_id,
+            transfers: &work.transfers,
+            entries: &work.entries,
+        };
+        let mut write = WriteBatch::default();
+        write.put_cf(journal, work.key, batch.encode());
+        if self.last_date != work.date.to_yyyymmdd() {
+            let mut key = vec![shard_key::DAY_START];
+            key.extend_from_slice(&work.date.to_yyyymmdd().to_be_bytes());
+            write.put_cf(journal, key, work.key);
+        }
+        work.postings.write(store, &mut write);
+        for (id, mark) in &work.sale_marks {
+            let mut key = vec![shard_key::SALE_MARK];
+            key.extend_from_slice(&id.to_be_bytes());
+            write.put_cf(journal, key, mark.encode());
+        }
+        for ((terminal, sequence), (code, transfer_id)) in &work.offline_records {
+            write.put_cf(
+                journal,
+                offline_key(*terminal, *sequence),
+                offline_value(*code, *transfer_id),
+            );
+        }
+        for terminal in &work.touched {
+            if let Some(window) = self.windows.get(terminal) {
+                let mut key = vec![shard_key::TERMINAL_STATE];
+                key.extend_from_slice(&terminal.to_be_bytes());
+                write.put_cf(journal, key, window.encode());
+            }
+        }
+        let options =
+            if self.shared.config.sync { synced() } else { rocksdb::WriteOptions::default() };
+        store.db().write_opt(write, &options)?;
+        let elapsed = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.commit_us_total.fetch_add(elapsed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn decide(&mut self, work: &mut Work, submission: &Submission) -> Answer {
+        let request = &submission.request;
+        let Some(terminal) = self.shared.directory.terminal(submission.terminal_id) else {
+            return refusal(request, AnswerCode::UnknownTerminal);
+        };
+        if terminal.shard != self.id {
+            return refusal(request, AnswerCode::ServiceUnavailable);
+        }
+        if !terminal.is_enabled() {
+            return refusal(request, AnswerCode::TerminalDisabled);
+        }
+        let sequence = submission.sequence;
+        let window = self.windows.entry(terminal.id).or_default();
+        if sequence <= window.last_sequence {
+            return match window.find(sequence) {
+                Some(entry) if entry.tombstone => refusal(request, AnswerCode::AlreadyReversed),
+                Some(entry) => entry.answer(true),
+                None => refusal(request, AnswerCode::StaleSequence),
+            };
+        }
+        let entries_before = work.entries.len();
+        let mut retained = match request {
+            Request::Purchase(purchase) => self.purchase(work, &terminal, submission, purchase),
+            Request::TopUp(top_up) => self.top_up(work, &terminal, sequence, top_up),
+            Request::BalanceInquiry(inquiry) => {
+                self.inquiry(work, &terminal, sequence, inquiry.card_number)
+            }
+            Request::Refund(refund) => self.refund(work, &terminal, sequence, refund),
+            Request::Reversal(reversal) => self.reversal(work, &terminal, sequence, reversal),
+            Request::OfflineUpload(upload) => {
+                self.offline(work, &terminal, sequence, &upload.records)
+            }
+            _ => return refusal(request, AnswerCode::UnknownMessageType),
+        };
+        if work.entries.len() > entries_before {
+            retained.batch = Some(work.key);
+            work.touched.insert(terminal.id);
+        }
+        let answer = retained.answer(false);
+        let window = self.windows.entry(terminal.id).or_default();
+        window.push(retained);
+        terminal.last_sequence.store(window.last_sequence, Ordering::Release);
+        answer
+    }
+
+    /// Records an entry in the batch and returns the window entry for it.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        work: &mut Work,
+        terminal: &Terminal,
+        sequence: u64,
+        message_type: MessageType,
+        code: AnswerCode,
+        first_transfer: Option<u64>,
+        card_number: u64,
+        amount_fen: u32,
+        balances: (i64, i64),
+    ) -> WindowEntry {
+        let transfer_count = first_transfer.map_or(0, |first| work.next_id() - first);
+        let transfer_index = first_transfer.map_or(0, |first| first - work.first_transfer_id);
+        work.entries.push(Entry {
+            terminal_id: terminal.id,
+            sequence,
+            message_type,
+            code,
+            transfer_index: u32::try_from(transfer_index).expect("batch transfers fit u32"),
+            transfer_count: u8::try_from(transfer_count)
+                .expect("a request makes at most two transfers"),
+            card_number,
+            amount_fen,
+            balance_fen: balances.0,
+            restricted_balance_fen: balances.1,
+            aux: 0,
+            reference: 0,
+            flags: 0,
+        });
+        let mut entry = WindowEntry::new(sequence, message_type, code);
+        entry.transfer_id = first_transfer.unwrap_or(0);
+        entry.card_number = card_number;
+        entry.amount_fen = amount_fen;
+        entry.balance_fen = balances.0;
+        entry.restricted_fen = balances.1;
+        entry
+    }
+
+    fn purchase(
+        &self,
+        work: &mut Work,
+        terminal: &Terminal,
+        submission: &Submission,
+        purchase: &Purchase,
+    ) -> WindowEntry {
+        let sequence = submission.sequence;
+        let card_number = purchase.card_number;
+        let amount = purchase.amount_fen;
+        let refuse = |work: &mut Work, code, balances| {
+            Self::record(
+                work,
+                terminal,
+                sequence,
+                MessageType::Purchase,
+                code,
+                None,
+                card_number,
+                amount,
+                balances,
+            )
+        };
+        if amount == 0 {
+            return refuse(work, AnswerCode::InvalidAmount, (0, 0));
+        }
+        let Some(card) = self.shared.cards.card(card_number) else {
+            return refuse(work, AnswerCode::UnknownCard, (0, 0));
+        };
+        let mut state = card.account.lock();
+        let balances = (state.balance_fen, state.restricted_fen);
+        if let Err(code) = usable(&card, &state, work.date) {
+            drop(state);
+            return refuse(work, code, balances);
+        }
+        let fen = i64::from(amount);
+        if fen > state.limits.transaction_fen_max {
+            drop(state);
+            return refuse(work, AnswerCode::TransactionLimit, balances);
+        }
+        if state.spent_on(work.date) + fen > state.limits.daily_fen_max {
+            drop(state);
+            return refuse(work, AnswerCode::DailyLimit, balances);
+        }
+        if fen > state.limits.no_pin_fen_max
+            && let Err(code) = check_pin(&mut state, terminal, submission, purchase)
+        {
+            drop(state);
+            return refuse(work, code, balances);
+        }
+        let utility = terminal.category == MerchantCategory::Utility;
+        let Some(debit) = take(&mut state, fen, utility) else {
+            drop(state);
+            return refuse(work, AnswerCode::InsufficientFunds, balances);
+        };
+        state.add_spent(work.date, fen);
+        let account_number = card.account.number;
+        drop(state);
+        work.postings.add_spent(account_number, work.date, fen);
+        work.taken.push(Movement {
+            account: Arc::clone(&card.account),
+            main_fen: debit.main_fen,
+            restricted_fen: debit.restricted_fen,
+            spent_fen: fen,
+        });
+        let first = self.post_sale(
+            work,
+            terminal,
+            sequence,
+            card_number,
+            account_number,
+            &debit,
+            TransferKind::Purchase,
+            purchase.meal_period,
+            work.now_ms,
+        );
+        Self::record(
+            work,
+            terminal,
+            sequence,
+            MessageType::Purchase,
+            AnswerCode::Approved,
+            Some(first),
+            card_number,
+            amount,
+            (debit.balance_fen, debit.restricted_after_fen),
+        )
+    }
+
+    /// Posts a sale's one or two transfers (restricted purse first) and returns the
+    /// first id.
+    #[allow(clippy::too_many_arguments)]
+    fn post_sale(
+        &self,
+        work: &mut Work,
+        terminal: &Terminal,
+        sequence: u64,
+        card_number: u64,
+        account_number: u64,
+        debit: &Debit,
+        kind: TransferKind,
+        meal_period: MealPeriod,
+        timestamp_ms: u64,
+    ) -> u64 {
+        let merchant = AccountId::merchant(terminal.merchant_id);
+        let first = work.next_id();
+        let mut continues = false;
+        if debit.restricted_fen > 0 {
+            work.transfer(
+                AccountId::card_restricted(account_number),
+                merchant,
+                debit.restricted_fen,
+                kind,
+                terminal,
+                sequence,
+                0,
+                card_number,
+                meal_period,
+                timestamp_ms,
+                false,
+            );
+            continues = true;
+        }
+        if debit.main_fen > 0 {
+            work.transfer(
+                AccountId::card(account_number),
+                merchant,
+                debit.main_fen,
+                kind,
+                terminal,
+                sequence,
+                0,
+                card_number,
+                meal_period,
+                timestamp_ms,
+                continues,
+            );
+        }
+        first
+    }
+
+    fn top_up(
+        &self,
+        work: &mut Work,
+        terminal: &Terminal,
+        sequence: u64,
+        top_up: &TopUp,
+    ) -> WindowEntry {
+        let card_number = top_up.card_number;
+        let amount = top_up.amount_fen;
+        let refuse = |work: &mut Work, code, balances| {
+            Self::record(
+                work,
+                terminal,
+                sequence,
+                MessageType::TopUp,
+                code,
+                None,
+                card_number,
+                amount,
+                balances,
+            )
+        };
+        if terminal.category != MerchantCategory::CardCentre {
+            return refuse(work, AnswerCode::ChannelNotAllowed, (0, 0));
+        }
+        if amount == 0 {
+            return refuse(work, AnswerCode::InvalidAmount, (0, 0));
+        }
+        let Some(card) = self.shared.cards.card(card_number) else {
+            return refuse(work, AnswerCode::UnknownCard, (0, 0));
+        };
+        let state = card.account.lock();
+        let balances = (state.balance_fen, state.restricted_fen);
+        if let Err(code) = usable(&card, &state, work.date) {
+            drop(state);
+            return refuse(work, code, balances);
+        }
+        let fen = i64::from(amount);
+        let held: i64 = work
+            .held
+            .iter()
+            .filter(|m| Arc::ptr_eq(&m.account, &card.account))
+            .map(|m| m.main_fen)
+            .sum();
+        if state.balance_fen + held + fen > state.limits.balance_fen_max {
+            drop(state);
+            return refuse(work, AnswerCode::BalanceLimit, balances);
+        }
+        let after = (state.balance_fen + held + fen, state.restricted_fen);
+        let account_number = card.account.number;
+        drop(state);
+        work.held.push(Movement {
+            account: Arc::clone(&card.account),
+            main_fen: fen,
+            restricted_fen: 0,
+            spent_fen: 0,
+        });
+        let first = work.transfer(
+            AccountId::channel(top_up.channel),
+            AccountId::card(account_number),
+            fen,
+            TransferKind::TopUp,
+            terminal,
+            sequence,
+            0,
+            card_number,
+            MealPeriod::Unspecified,
+            work.now_ms,
+            false,
+        );
+        Self::record(
+            work,
+            terminal,
+            sequence,
+            MessageType::TopUp,
+            AnswerCode::Approved,
+            Some(first),
+            card_number,
+            amount,
+            after,
+        )
+    }
+
+    /// Answers an inquiry. It moves no money but is journalled like every answer, so
+    /// that a retry after a restart gets the same answer and the retry window is the
+    /// same before and after.
+    fn inquiry(
+        &self,
+        work: &mut Work,
+        terminal: &Terminal,
+        sequence: u64,
+        card_number: u64,
+    ) -> WindowEntry {
+        let (code, card_state, balances, expiry_date) = match self.shared.cards.card(card_number) {
+            None => (AnswerCode::UnknownCard, CardState::Closed, (0, 0), 0),
+            Some(card) => {
+                let state = card.account.lock();
+                let card_state =
+                    if card.replaced_at_ms != 0 { CardState::Replaced } else { state.state };
+                (
+                    AnswerCode::Approved,
+                    card_state,
+                    (state.balance_fen, state.restricted_fen),
+                    state.record.expiry_date,
+                )
+            }
+        };
+        let mut entry = Self::record(
+            work,
+            terminal,
+            sequence,
+            MessageType::BalanceInquiry,
+            code,
+            None,
+            card_number,
+            0,
+            balances,
+        );
+        if let Some(last) = work.entries.last_mut() {
+            last.aux = u64::from(expiry_date);
+            last.reference = u64::from(card_state.to_wire());
+        }
+        entry.card_state = card_state;
+        entry.expiry_date = expiry_date;
+        entry
+    }
+
+    /// Finds a transfer of this shard, in the batch being decided or on disk.
+    fn find_transfer(&self, work: &Work, id: u64) -> Option<(Transfer, Option<Transfer>)> {
+        if journal_of(id) != self.id {
+            return None;
+        }
+        let pair = |transfers: &[Transfer], index: usize| {
+            let first = *transfers.get(index)?;
+            let next = transfers.get(index + 1).filter(|t| t.continues).copied();
+            Some((first, next))
+        };
+        if id >= work.first_transfer_id {
+            return pair(&work.transfers, usize::try_from(id - work.first_transfer_id).ok()?);
+        }
+        // Recent batches are found by a point read of their key; older ones (before the
+        // ledger was opened, or pushed out of the map) by seeking the journal.
+        let recent = self.recent_batches.range(..=id).next_back();
+        let Some((_, key)) =
+            recent.filter(|_| self.recent_batches.keys().next().is_some_and(|first| *first <= id))
+        else {
+            return self.shared.transfer_pair(self.id, id);
+        };
+        let journal = self.shared.store.cf(&journal_cf(self.id));
+        let value = self.shared.store.db().get_pinned_cf(journal, key).ok()??;
+        read_transfer(&value, id).ok()?
+    }
+
+    fn sale_mark(&self, work: &Work, id: u64) -> SaleMark {
+        if let Some(mark) = work.sale_marks.get(&id) {
+            return *mark;
+        }
+        let mut key = vec![shard_key::SALE_MARK];
+        key.extend_from_slice(&id.to_be_bytes());
+        let journal = self.shared.store.cf(&journal_cf(self.id));
+        match self.shared.store.db().get_cf(journal, key) {
+            Ok(Some(bytes)) => SaleMark::decode(&bytes).unwrap_or_default(),
+            Ok(None) => SaleMark::default(),
+            Err(error) => {
+                tracing::error!(shard = self.id, %error, "cannot read a sale mark");
+                SaleMark { refunded_fen: i64::MAX / 2, reversed: true }
+            }
+        }
+    }
+
+    fn refund(
+        &self,
+        work: &mut Work,
+        terminal: &Terminal,
+        sequence: u64,
+        refund: &Refund,
+    ) -> WindowEntry {
+        let card_number = refund.card_number;
+        let amount = refund.amount_fen;
+        let refuse = |work: &mut Work, code| {
+            Self::record(
+                work,
+                terminal,
+                sequence,
+                MessageType::Refund,
+                code,
+                None,
+                card_number,
+                amount,
+                (0, 0),
+            )
+        };
+        if amount == 0 {
+            return refuse(work, AnswerCode::InvalidAmount);
+        }
+        let id = refund.purchase_transfer_id;
+        let Some((first, second)) = self.find_transfer(work, id) else {
+            return refuse(work, AnswerCode::UnknownTransfer);
+        };
+        if !first.kind.is_sale() || first.continues || first.card_number != card_number {
+            return refuse(work, AnswerCode::UnknownTransfer);
+        }
+        if first.credit != AccountId::merchant(terminal.merchant_id) {
+            return refuse(work, AnswerCode::WrongMerchant);
+        }
+        let mark = self.sale_mark(work, id);
+        if mark.reversed {
+            return refuse(work, AnswerCode::AlreadyReversed);
+        }
+        // The sale's purses: restricted first (if it paid), then main.
+        let (restricted_paid, main_paid) = match (first.debit.kind(), second) {
+            (crate::account::AccountKind::CardRestricted, Some(main)) => {
+                (first.amount_fen, main.amount_fen)
+            }
+            (crate::account::AccountKind::CardRestricted, None) => (first.amount_fen, 0),
+            _ => (0, first.amount_fen),
+        };
+        let fen = i64::from(amount);
+        if mark.refunded_fen + fen > restricted_paid + main_paid {
+            return refuse(work, AnswerCode::RefundExceedsPurchase);
+        }
+        let Some(card) = self.shared.cards.card(card_number) else {
+            return refuse(work, AnswerCode::UnknownCard);
+        };
+        let state = card.account.lock();
+        if state.state == CardState::Closed {
+            drop(state);
+            return refuse(work, AnswerCode::CardClosed);
+        }
+        // Money goes back to the main purse first, then the restricted one.
+        let main_left = (main_paid - mark.refunded_fen).max(0);
+        let to_main = fen.min(main_left);
+        let to_restricted = fen - to_main;
+        let held = |work: &Work, restricted: bool| -> i64 {
+            work.held
+                .iter()
+                .filter(|m| Arc::ptr_eq(&m.account, &card.account))
+                .map(|m| if restricted { m.restricted_fen } else { m.main_fen })
+                .sum()
+        };
+        let after = (
+            state.balance_fen + held(work, false) + to_main,
+            state.restricted_fen + held(work, true) + to_restricted,
+        );
+        drop(state);
+        let account_number = card.account.number;
+        let merchant = AccountId::merchant(terminal.merchant_id);
+        let first_id = work.next_id();
+        if to_main > 0 {
+            work.transfer(
+                merchant,
+                AccountId::card(account_number),
+                to_main,
+                TransferKind::Refund,
+                terminal,
+                sequence,
+                id,
+                card_number,
+                MealPeriod::Unspecified,
+                work.now_ms,
+                false,
+            );
+        }
+        if to_restricted > 0 {
+            work.transfer(
+                merchant,
+                AccountId::card_restricted(account_number),
+                to_restricted,
+                TransferKind::Refund,
+                terminal,
+                sequence,
+                id,
+                card_number,
+                MealPeriod::Unspecified,
+                work.now_ms,
+                to_main > 0,
+            );
+        }
+        work.held.push(Movement {
+            account: Arc::clone(&card.account),
+            main_fen: to_main,
+            restricted_fen: to_restricted,
+            spent_fen: 0,
+        });
+        work.sale_marks
+            .insert(id, SaleMark { refunded_fen: mark.refunded_fen + fen, reversed: false });
+        let mut entry = Self::record(
+            work,
+            terminal,
+            sequence,
+            MessageType::Refund,
+            AnswerCode::Approved,
+            Some(first_id),
+            card_number,
+            amount,
+            after,
+        );
+        if let Some(last) = work.entries.last_mut() {
+            last.reference = id;
+        }
+        entry.transfer_id = first_id;
+        entry
+    }
+
+    fn reversal(
+        &mut self,
+        work: &mut Work,
+        terminal: &Terminal,
+        sequence: u64,
+        reversal: &Reversal,
+    ) -> WindowEntry {
+        let card_number = reversal.card_number;
+        let amount = reversal.amount_fen;
+        let original_sequence = reversal.original_sequence;
+        let answer = |work: &mut Work, code, first: Option<u64>, balances, flags| {
+            let entry = Self::record(
+                work,
+                terminal,
+                sequence,
+                MessageType::Reversal,
+                code,
+                first,
+                card_number,
+                amount,
+                balances,
+            );
+            if let Some(last) = work.entries.last_mut() {
+                last.aux = original_sequence;
+                last.flags = flags;
+            }
+            entry
+        };
+        if original_sequence >= sequence {
+            return answer(work, AnswerCode::ReversalMismatch, None, (0, 0), 0);
+        }
+        let window = self.windows.entry(terminal.id).or_default();
+        let Some(original) = window.find(original_sequence).cloned() else {
+            if original_sequence <= window.floor {
+                return answer(work, AnswerCode::StaleSequence, None, (0, 0), 0);
+            }
+            // Never seen: leave a tombstone so the late original is refused.
+            let mut tombstone = WindowEntry::new(
+                original_sequence,
+                MessageType::Purchase,
+                AnswerCode::AlreadyReversed,
+            );
+            tombstone.tombstone = true;
+            tombstone.batch = Some(work.key);
+            window.push(tombstone);
+            return answer(work, AnswerCode::Approved, None, (0, 0), Entry::TOMBSTONE);
+        };
+        if original.tombstone || original.reversed {
+            return answer(work, AnswerCode::AlreadyReversed, None, (0, 0), 0);
+        }
+        let reversible =
+            matches!(original.message_type, MessageType::Purchase | MessageType::TopUp);
+        if !reversible || original.card_number != card_number || original.amount_fen != amount {
+            return answer(work, AnswerCode::ReversalMismatch, None, (0, 0), 0);
+        }
+        if original.code != AnswerCode::Approved {
+            // Nothing was done, so nothing is undone.
+            return answer(work, AnswerCode::Approved, None, (0, 0), 0);
+        }
+        let Some((first, second)) = self.find_transfer(work, original.transfer_id) else {
+            return answer(work, AnswerCode::UnknownTransfer, None, (0, 0), 0);
+        };
+        let Some(card) = self.shared.cards.card(card_number) else {
+            return answer(work, AnswerCode::UnknownCard, None, (0, 0), 0);
+        };
+        let account_number = card.account.number;
+        let first_id = work.next_id();
+        let balances;
+        if original.message_type == MessageType::Purchase {
+            if self.sale_mark(work, first.id).refunded_fen > 0 {
+                return answer(work, AnswerCode::ReversalMismatch, None, (0, 0), 0);
+            }
+            let state = card.account.lock();
+            let (mut main, mut restricted) = (0, 0);
+            for part in std::iter::once(first).chain(second) {
+                if part.debit.kind() == crate::account::AccountKind::CardRestricted {
+                    restricted += part.amount_fen;
+                } else {
+                    main += part.amount_fen;
+                }
+            }
+            balances = (state.balance_fen + main, state.restricted_fen + restricted);
+            drop(state);
+            let same_day = first.business_date == work.date;
+            let spent_back = if same_day { -(main + restricted) } else { 0 };
+            for part in std::iter::once(first).chain(second) {
+                work.transfer(
+                    part.credit,
+                    part.debit,
+                    part.amount_fen,
+                    TransferKind::Reversal,
+                    terminal,
+                    sequence,
+                    part.id,
+                    card_number,
+                    part.meal_period,
+                    work.now_ms,
+                    part.id != first.id,
+                );
+            }
+            if same_day {
+                work.postings.add_spent(account_number, work.date, spent_back);
+            }
+            work.held.push(Movement {
+                account: Arc::clone(&card.account),
+                main_fen: main,
+                restricted_fen: restricted,
+                spent_fen: spent_back,
+            });
+            work.sale_marks.insert(first.id, SaleMark { refunded_fen: 0, reversed: true });
+        } else {
+            let fen = first.amount_fen;
+            let mut state = card.account.lock();
+            if state.balance_fen < fen {
+                let balances = (state.balance_fen, state.restricted_fen);
+                drop(state);
+                return answer(work, AnswerCode::InsufficientFunds, None, balances, 0);
+            }
+            state.balance_fen -= fen;
+            balances = (state.balance_fen, state.restricted_fen);
+            drop(state);
+            work.taken.push(Movement {
+                account: Arc::clone(&card.account),
+                main_fen: fen,
+                restricted_fen: 0,
+                spent_fen: 0,
+            });
+            work.transfer(
+                first.credit,
+                first.debit,
+                fen,
+                TransferKind::Reversal,
+                terminal,
+                sequence,
+                first.id,
+                card_number,
+                MealPeriod::Unspecified,
+                work.now_ms,
+                false,
+            );
+        }
+        if let Some(original) =
+            self.windows.entry(terminal.id).or_default().find_mut(original_sequence)
+        {
+            original.reversed = true;
+        }
+        answer(work, AnswerCode::Approved, Some(first_id), balances, 0)
+    }
+
+    fn offline(
+        &self,
+        work: &mut Work,
+        terminal: &Terminal,
+        sequence: u64,
+        records: &[OfflineRecord],
+    ) -> WindowEntry {
+        let mut results = Vec::with_capacity(records.len());
+        for record in records {
+            let result = self.offline_record(work, terminal, sequence, record);
+            results.push(result);
+        }
+        let mut upload =
+            WindowEntry::new(sequence, MessageType::OfflineUpload, AnswerCode::Approved);
+        upload.offline = Some(results.into_boxed_slice());
+        upload
+    }
+
+    fn offline_record(
+        &self,
+        work: &mut Work,
+        terminal: &Terminal,
+        sequence: u64,
+        record: &OfflineRecord,
+    ) -> OfflineResult {
+        let note = |work: &mut Work, code, first: Option<u64>, balance_fen, flags, reference| {
+            let transfer_count = first.map_or(0, |first| work.next_id() - first);
+            let transfer_index = first.map_or(0, |first| first - work.first_transfer_id);
+            work.entries.push(Entry {
+                terminal_id: terminal.id,
+                sequence,
+                message_type: MessageType::OfflineUpload,
+                code,
+                transfer_index: u32::try_from(transfer_index).expect("batch transfers fit u32"),
+                transfer_count: u8::try_from(transfer_count).expect("at most two transfers"),
+                card_number: record.card_number,
+                amount_fen: record.amount_fen,
+                balance_fen,
+                restricted_balance_fen: 0,
+                aux: record.sequence,
+                reference,
+                flags,
+            });
+            let transfer_id = first.unwrap_or(reference);
+            if flags & Entry::DUPLICATE == 0 {
+                work.offline_records.insert((terminal.id, record.sequence), (code, transfer_id));
+            }
+            OfflineResult { sequence: record.sequence, code, transfer_id, balance_fen }
+        };
+        if let Some((code, transfer_id)) = self.offline_seen(work, terminal.id, record.sequence) {
+            let _ = code;
+            return note(work, AnswerCode::Duplicate, None, 0, Entry::DUPLICATE, transfer_id);
+        }
+        if record.amount_fen == 0 {
+            return note(work, AnswerCode::InvalidAmount, None, 0, 0, 0);
+        }
+        let Some(card) = self.shared.cards.card(record.card_number) else {
+            return note(work, AnswerCode::UnknownCard, None, 0, 0, 0);
+        };
+        let fen = i64::from(record.amount_fen);
+        let mut state = card.account.lock();
+        let taken_at = record.taken_at_ms;
+        let blocked = if card.replaced_at_ms != 0 && card.replaced_at_ms <= taken_at {
+            Some(AnswerCode::CardReplaced)
+        } else if state.state != CardState::Active && state.record.state_changed_at_ms <= taken_at {
+            Some(state_code(state.state))
+        } else if fen > state.limits.no_pin_fen_max {
+            Some(AnswerCode::TransactionLimit)
+        } else {
+            None
+        };
+        let utility = terminal.category == MerchantCategory::Utility;
+        let quarantine = match blocked {
+            Some(code) => Some(code),
+            None => match take(&mut state, fen, utility) {
+                None => Some(AnswerCode::InsufficientFunds),
+                Some(debit) => {
+                    drop(state);
+                    work.taken.push(Movement {
+                        account: Arc::clone(&card.account),
+                        main_fen: debit.main_fen,
+                        restricted_fen: debit.restricted_fen,
+                        spent_fen: 0,
+                    });
+                    let first = self.post_sale(
+                        work,
+                        terminal,
+                        sequence,
+                        record.card_number,
+                        card.account.number,
+                        &debit,
+                        TransferKind::OfflinePurchase,
+                        record.meal_period,
+                        taken_at,
+                    );
+                    return note(work, AnswerCode::Approved, Some(first), debit.balance_fen, 0, 0);
+                }
+            },
+        };
+        let balance_fen = state.balance_fen;
+        drop(state);
+        let code = quarantine.unwrap_or(AnswerCode::InsufficientFunds);
+        let first = work.transfer(
+            AccountId::single(crate::account::AccountKind::Suspense),
+            AccountId::merchant(terminal.merchant_id),
+            fen,
+            TransferKind::OfflineQuarantine,
+            terminal,
+            sequence,
+            0,
+            record.card_number,
+            record.meal_period,
+            taken_at,
+            false,
+        );
+        note(work, code, Some(first), balance_fen, Entry::QUARANTINED, 0)
+    }
+
+    fn offline_seen(
+        &self,
+        work: &Work,
+        terminal_id: u32,
+        sequence: u64,
+    ) -> Option<(AnswerCode, u64)> {
+        if let Some(seen) = work.offline_records.get(&(terminal_id, sequence)) {
+            return Some(*seen);
+        }
+        let journal = self.shared.store.cf(&journal_cf(self.id));
+        let bytes =
+            self.shared.store.db().get_cf(journal, offline_key(terminal_id, sequence)).ok()??;
+        let code =
+            AnswerCode::from_wire(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?)).ok()?;
+        let transfer_id = u64::from_le_bytes(bytes.get(2..10)?.try_into().ok()?);
+        Some((code, transfer_id))
+    }
+}
+
+fn offline_key(terminal_id: u32, sequence: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = shard_key::OFFLINE_RECORD;
+    key[1..5].copy_from_slice(&terminal_id.to_be_bytes());
+    key[5..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn offline_value(code: AnswerCode, transfer_id: u64) -> [u8; 10] {
+    let mut value = [0u8; 10];
+    value[..2].copy_from_slice(&code.to_wire().to_le_bytes());
+    value[2..].copy_from_slice(&transfer_id.to_le_bytes());
+    value
+}
+
+/// Whether a card may take a debit or credit now.
+fn usable(card: &CardEntry, state: &AccountState, date: BusinessDate) -> Result<(), AnswerCode> {
+    if card.replaced_at_ms != 0 {
+        return Err(AnswerCode::CardReplaced);
+    }
+    if state.state != CardState::Active {
+        return Err(state_code(state.state));
+    }
+    if state.record.expiry_date < date.to_yyyymmdd() {
+        return Err(AnswerCode::CardExpired);
+    }
+    Ok(())
+}
+
+const fn state_code(state: CardState) -> AnswerCode {
+    match state {
+        CardState::Active => AnswerCode::Approved,
+        CardState::Lost => AnswerCode::CardLost,
+        CardState::Frozen => AnswerCode::CardFrozen,
+        CardState::Closed => AnswerCode::CardClosed,
+        CardState::Replaced => AnswerCode::CardReplaced,
+    }
+}
+
+/// Takes `fen` from a card: the restricted purse first at a utility, then the main.
+fn take(state: &mut AccountState, fen: i64, utility: bool) -> Option<Debit> {
+    let restricted_fen = if utility { state.restricted_fen.clamp(0, fen) } else { 0 };
+    let main_fen = fen - restricted_fen;
+    if main_fen > state.balance_fen {
+        return None;
+    }
+    state.restricted_fen -= restricted_fen;
+    state.balance_fen -= main_fen;
+    Some(Debit {
+        restricted_fen,
+        main_fen,
+        balance_fen: state.balance_fen,
+        restricted_after_fen: state.restricted_fen,
+    })
+}
+
+fn check_pin(
+    state: &mut AccountState,
+    terminal: &Terminal,
+    submission: &Submission,
+    purchase: &Purchase,
+) -> Result<(), AnswerCode> {
+    let Some(block) = purchase.pin_block else {
+        return Err(AnswerCode::PinRequired);
+    };
+    if state.pin_failures >= PIN_FAILURES_MAX {
+        return Err(AnswerCode::PinLocked);
+    }
+    let Some(hash) = state.record.pin.as_ref() else {
+        return Err(AnswerCode::WrongPin);
+    };
+    let opened = MacKey::new(submission.mac_algorithm, &terminal.key).ok().and_then(|key| {
+        let context = PinContext {
+            terminal_id: terminal.id,
+            sequence: submission.sequence,
+            card_number: purchase.card_number,
+        };
+        block.open(&key.derive(PIN_KEY_LABEL), context).ok()
+    });
+    if opened.is_some_and(|pin| hash.matches(&pin)) {
+        state.pin_failures = 0;
+        Ok(())
+    } else {
+        state.pin_failures += 1;
+        Err(if state.pin_failures >= PIN_FAILURES_MAX {
+            AnswerCode::PinLocked
+        } else {
+            AnswerCode::WrongPin
+        })
+    }
+}
+
+/// The answer that refuses `request` with `code` before anything was decided.
+pub(crate) fn refusal(request: &Request, code: AnswerCode) -> Answer {
+    refusal_of(request.message_type(), code)
+}
+
+/// The answer of type `message_type` that refuses with `code`.
+pub(crate) fn refusal_of(message_type: MessageType, code: AnswerCode) -> Answer {
+    let transfer = TransferAnswer {
+        duplicate: false,
+        code,
+        transfer_id: 0,
+        balance_fen: 0,
+        restricted_balance_fen: 0,
+    };
+    match message_type {
+        MessageType::Purchase => Answer::Purchase(transfer),
+        MessageType::TopUp => Answer::TopUp(transfer),
+        MessageType::Refund => Answer::Refund(transfer),
+        MessageType::Reversal => Answer::Reversal(transfer),
+        MessageType::BalanceInquiry => Answer::BalanceInquiry(BalanceAnswer {
+            code,
+            card_state: CardState::Closed,
+            balance_fen: 0,
+            restricted_balance_fen: 0,
+            expiry_date: 0,
+        }),
+        MessageType::OfflineUpload => Answer::OfflineUpload(OfflineUploadAnswer {
+            duplicate: false,
+            code,
+            results: Vec::new(),
+        }),
+        other => Answer::Reject(Reject { code, refused_type: other.to_wire() }),
+    }
+}
+
+/// What opening a shard recovered from disk.
+pub(crate) struct RecoveredShard {
+    pub next_transfer_id: u64,
+    pub next_batch: u64,
+    pub last_date: u32,
+    pub windows: HashMap<u32, TerminalWindow>,
+}
+
+/// Where `seek_key` finds a transfer's batch: used by the ledger's queries too.
+pub(crate) fn seek_batch_key(transfer_id: u64) -> [u8; 16] {
+    seek_key(transfer_id)
+}

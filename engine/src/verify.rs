@@ -1,0 +1,298 @@
+//! `verify`: proves the ledger's invariants from disk, and says what is wrong.
+//!
+//! It reads every journal (each shard's and the control plane's) from the first batch
+//! to the last and checks:
+//! - every batch decodes, and its postings match its header (`journal::Batch::decode`);
+//! - transfer ids are dense within each journal, and every transfer is positive and
+//!   between two different accounts;
+//! - the sum of all debits equals the sum of all credits;
+//! - every account's stored balance equals the sum of its postings;
+//! - the card-pool control total equals the sum of card balances;
+//! - no card purse is below zero;
+//! - every terminal's idempotency record names batches in its journal, and every
+//!   refund or reversal mark and offline record names a transfer that exists;
+//! - where given, the in-memory card balances equal the committed ones.
+
+use std::collections::HashMap;
+
+use rocksdb::IteratorMode;
+
+use crate::account::{AccountId, AccountKind};
+use crate::cards::CardMoney;
+use crate::journal::{Batch, CONTROL_JOURNAL, batch_key, first_transfer_id};
+use crate::shard::TerminalState;
+use crate::store::{CF_BALANCES, KEY_CARD_POOL, Store, is_card_balance_key, journal_cf, shard_key};
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Batches read.
+    pub batches: u64,
+    /// Transfers read.
+    pub transfers: u64,
+    /// Accounts with a balance.
+    pub accounts: u64,
+    /// Sum of all debits, fen.
+    pub debits_fen: i64,
+    /// Sum of all credits, fen.
+    pub credits_fen: i64,
+    /// Sum of card balances (main and restricted), fen.
+    pub card_pool_fen: i64,
+    /// Every broken invariant, in words that name the account, batch or key.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether every invariant holds.
+    #[must_use]
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} batches, {} transfers, {} accounts; debits {} fen, credits {} fen; card pool {} fen",
+            self.batches,
+            self.transfers,
+            self.accounts,
+            self.debits_fen,
+            self.credits_fen,
+            self.card_pool_fen
+        )?;
+        if self.problems.is_empty() {
+            write!(f, "ledger verified: every invariant holds")
+        } else {
+            writeln!(f, "{} problem(s):", self.problems.len())?;
+            for problem in &self.problems {
+                writeln!(f, "- {problem}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Verifies the store. `in_memory` holds (card account, main, restricted) as the
+/// running ledger has them; it is compared when given.
+///
+/// # Errors
+/// If the store cannot be read. A record that cannot be decoded is a problem in the
+/// report, not an error.
+pub fn verify(
+    store: &Store,
+    in_memory: Option<&[(u64, i64, i64)]>,
+) -> Result<VerifyReport, rocksdb::Error> {
+    let mut report = VerifyReport::default();
+    let mut derived: HashMap<AccountId, i64> = HashMap::new();
+    let mut last_ids: HashMap<u8, u64> = HashMap::new();
+    let journals = (0..store.shards()).chain(std::iter::once(CONTROL_JOURNAL));
+    for journal in journals {
+        let cf = store.cf(&journal_cf(journal));
+        let mut expected_id = first_transfer_id(journal);
+        let start = batch_key(first_transfer_id(journal) - 1, 0);
+        for item in
+            store.db().iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward))
+        {
+            let (key, value) = item?;
+            if key.len() != 16 || key[0] != journal {
+                break;
+            }
+            report.batches += 1;
+            let batch = match Batch::decode(&value) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    report
+                        .problems
+                        .push(format!("journal {journal} batch {}: {error}", hex::encode(&key)));
+                    continue;
+                }
+            };
+            if key.as_ref() != batch_key(batch.first_transfer_id, batch.number) {
+                report.problems.push(format!(
+                    "journal {journal} batch {} is stored under another key",
+                    batch.number
+                ));
+            }
+            if batch.first_transfer_id != expected_id {
+                report.problems.push(format!(
+                    "journal {journal} batch {}: first transfer {} where {expected_id} was next",
+                    batch.number, batch.first_transfer_id
+                ));
+            }
+            expected_id = batch.next_transfer_id();
+            for transfer in &batch.transfers {
+                report.transfers += 1;
+                report.debits_fen += transfer.amount_fen;
+                report.credits_fen += transfer.amount_fen;
+                *derived.entry(transfer.debit).or_default() -= transfer.amount_fen;
+                *derived.entry(transfer.credit).or_default() += transfer.amount_fen;
+            }
+        }
+        last_ids.insert(journal, expected_id);
+    }
+    if report.debits_fen != report.credits_fen {
+        report.problems.push(format!(
+            "debits {} fen differ from credits {} fen",
+            report.debits_fen, report.credits_fen
+        ));
+    }
+    let total: i64 = derived.values().sum();
+    if total != 0 {
+        report.problems.push(format!("account balances sum to {total} fen, not zero"));
+    }
+    check_balances(store, &derived, &mut report)?;
+    check_marks(store, &last_ids, &mut report)?;
+    if let Some(cards) = in_memory {
+        for (account, main, restricted) in cards {
+            let stored_main = derived.get(&AccountId::card(*account)).copied().unwrap_or(0);
+            let stored_restricted =
+                derived.get(&AccountId::card_restricted(*account)).copied().unwrap_or(0);
+            if (*main, *restricted) != (stored_main, stored_restricted) {
+                report.problems.push(format!(
+                    "card account {account}: memory holds {main}/{restricted} fen, the journal {stored_main}/{stored_restricted}"
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn check_balances(
+    store: &Store,
+    derived: &HashMap<AccountId, i64>,
+    report: &mut VerifyReport,
+) -> Result<(), rocksdb::Error> {
+    let balances = store.cf(CF_BALANCES);
+    let mut seen: HashMap<AccountId, i64> = HashMap::new();
+    let mut card_pool_stored = None;
+    for item in store.db().iterator_cf(balances, IteratorMode::Start) {
+        let (key, value) = item?;
+        if key.as_ref() == KEY_CARD_POOL {
+            card_pool_stored = <[u8; 8]>::try_from(value.as_ref()).ok().map(i64::from_le_bytes);
+            continue;
+        }
+        let Some(raw) = <[u8; 8]>::try_from(key.as_ref()).ok().map(u64::from_be_bytes) else {
+            report.problems.push(format!("balances: unknown key {}", hex::encode(&key)));
+            continue;
+        };
+        let Ok(account) = AccountId::from_u64(raw) else {
+            report.problems.push(format!("balances: key {raw:#x} names no account kind"));
+            continue;
+        };
+        if is_card_balance_key(&key) {
+            let Some(money) = CardMoney::decode(&value) else {
+                report.problems.push(format!("balances: {account} holds {} bytes", value.len()));
+                continue;
+            };
+            seen.insert(account, money.balance_fen);
+            seen.insert(AccountId::card_restricted(account.number()), money.restricted_fen);
+            if money.balance_fen < 0 || money.restricted_fen < 0 {
+                report.problems.push(format!(
+                    "card account {} is below zero: {}/{} fen",
+                    account.number(),
+                    money.balance_fen,
+                    money.restricted_fen
+                ));
+            }
+        } else {
+            match <[u8; 8]>::try_from(value.as_ref()) {
+                Ok(bytes) => {
+                    seen.insert(account, i64::from_le_bytes(bytes));
+                }
+                Err(_) => {
+                    report.problems.push(format!("balances: {account} holds {} bytes", value.len()))
+                }
+            }
+        }
+    }
+    let mut card_pool = 0i64;
+    for (account, stored) in &seen {
+        let expected = derived.get(account).copied().unwrap_or(0);
+        if *stored != expected {
+            report.problems.push(format!(
+                "{account}: stored balance {stored} fen, postings give {expected} fen"
+            ));
+        }
+        if account.kind().is_card() {
+            card_pool += stored;
+        }
+    }
+    for (account, expected) in derived {
+        if *expected != 0 && !seen.contains_key(account) {
+            report
+                .problems
+                .push(format!("{account}: postings give {expected} fen but no balance is stored"));
+        }
+    }
+    report.accounts = seen.values().filter(|fen| **fen != 0).count() as u64;
+    report.card_pool_fen = card_pool;
+    if card_pool_stored.unwrap_or(0) != card_pool {
+        report.problems.push(format!(
+            "card pool control total {} fen differs from the sum of card balances {card_pool} fen",
+            card_pool_stored.unwrap_or(0)
+        ));
+    }
+    let _ = AccountKind::Card;
+    Ok(())
+}
+
+fn check_marks(
+    store: &Store,
+    last_ids: &HashMap<u8, u64>,
+    report: &mut VerifyReport,
+) -> Result<(), rocksdb::Error> {
+    for shard in 0..store.shards() {
+        let cf = store.cf(&journal_cf(shard));
+        let next_id = last_ids.get(&shard).copied().unwrap_or(first_transfer_id(shard));
+        let exists = |id: u64| id >= first_transfer_id(shard) && id < next_id;
+        for item in store.db().iterator_cf(
+            cf,
+            IteratorMode::From(&[shard_key::TERMINAL_STATE], rocksdb::Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            match key.first().copied() {
+                Some(shard_key::TERMINAL_STATE) => {
+                    let Some(state) = TerminalState::decode(&value) else {
+                        report.problems.push(format!(
+                            "shard {shard}: unreadable terminal state {}",
+                            hex::encode(&key)
+                        ));
+                        continue;
+                    };
+                    for batch in &state.batches {
+                        if store.db().get_cf(cf, batch)?.is_none() {
+                            report.problems.push(format!(
+                                "shard {shard}: terminal state {} names missing batch {}",
+                                hex::encode(&key[1..]),
+                                hex::encode(batch)
+                            ));
+                        }
+                    }
+                }
+                Some(shard_key::SALE_MARK) => {
+                    let id = <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes).unwrap_or(0);
+                    if !exists(id) {
+                        report.problems.push(format!(
+                            "shard {shard}: refund mark for missing transfer {id:#x}"
+                        ));
+                    }
+                }
+                Some(shard_key::OFFLINE_RECORD) => {
+                    let id = value
+                        .get(2..10)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map_or(0, u64::from_le_bytes);
+                    if id != 0 && !exists(id) {
+                        report.problems.push(format!(
+                            "shard {shard}: offline record names missing transfer {id:#x}"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! The ledger engine's integration tests: one binary, one module per concern.
+//!
+//! Amounts are written yuan_fen: `12_50` is 12.50 yuan, 1,250 fen.
+
+#![allow(clippy::inconsistent_digit_grouping)]
+
+mod concurrency;
+mod model;
+mod rules;
+mod support;
