@@ -16,9 +16,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use onecard_benches::campus::{Campus, EXPIRY, Rng, Spec, TempDir, purchase};
-use onecard_engine::cards::{CardType, LimitOverrides};
-use onecard_engine::{Ledger, LedgerConfig, OpenCard};
+use onecard_benches::campus::{Campus, Rng, Spec, TempDir, purchase};
+use onecard_engine::{Ledger, LedgerConfig};
 use onecard_protocol::AnswerCode;
 
 /// Reopen time of a large ledger.
@@ -91,33 +90,7 @@ fn build(args: &Args, path: &std::path::Path) -> Result<(), String> {
         merchant_terminals: 1_000,
     };
     let mut campus = Campus::build(&ledger, &spec).map_err(|e| e.to_string())?;
-    let limits = LimitOverrides {
-        daily_fen_max: Some(i64::MAX / 4),
-        transaction_fen_max: Some(100_000),
-        balance_fen_max: Some(1_000_000_000),
-        no_pin_fen_max: Some(100_000),
-    };
-    let mut opened = 0;
-    while opened < args.cards {
-        let batch: Vec<OpenCard> = (opened..(opened + 10_000).min(args.cards))
-            .map(|index| {
-                let card_number = Campus::card_number(index);
-                OpenCard {
-                    card_number,
-                    holder_id: format!("B{card_number}"),
-                    holder_name: "Bench Holder".to_owned(),
-                    card_type: CardType::Staff,
-                    expiry_date: EXPIRY,
-                    deposit_fen: 0,
-                    pin: None,
-                    overrides: limits,
-                }
-            })
-            .collect();
-        opened += batch.len() as u64;
-        ledger.open_cards(batch).map_err(|e| e.to_string())?;
-    }
-    campus.cards = args.cards;
+    campus.open_cards(&ledger, args.cards, |_| {}).map_err(|e| e.to_string())?;
     println!("opened {} cards in {:.1} s", args.cards, started.elapsed().as_secs_f64());
     campus.fund(&ledger, 1_000_000)?;
     println!("funded in {:.1} s", started.elapsed().as_secs_f64());

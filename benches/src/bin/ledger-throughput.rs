@@ -658,7 +658,7 @@ fn set_up(args: &Args, path: &Path, config: LedgerConfig) -> Result<(Ledger, Cam
         + campus.merchants.iter().map(|m| m.terminals.len()).sum::<usize>();
     println!(
         "setup: open {} s; {} merchants and {terminals} terminals {} s; {} cards {} s \
-         ({}/s, one synced control write each); funding {} s ({} top-ups/s)",
+         ({}/s, 10,000 to a synced batch); funding {} s ({} top-ups/s)",
         seconds(opened),
         campus.merchants.len() + 1,
         seconds(built),
