@@ -71,9 +71,19 @@ fn the_restricted_purse_pays_first_at_utilities_and_only_there() {
     let water = campus.buy(campus.terminals.utility, 1001, 4_00);
     assert_eq!(water.code, AnswerCode::Approved);
     assert_eq!((water.balance_fen, water.restricted_balance_fen), (8_00, 0));
-    let parts = campus.ledger().statement(1001, None, 10).expect("statement").transfers;
-    let kinds: Vec<_> = parts.iter().take(2).map(|t| t.debit.kind()).collect();
-    assert!(kinds.contains(&AccountKind::CardRestricted) && kinds.contains(&AccountKind::Card));
+    // Two transfers for one purchase: the restricted purse's part, then the main's.
+    let first = campus.ledger().transfer(water.transfer_id).expect("committed");
+    let second = campus.ledger().transfer(water.transfer_id + 1).expect("committed");
+    assert_eq!(
+        (first.debit.kind(), first.amount_fen, first.continues),
+        (AccountKind::CardRestricted, 3_00, false)
+    );
+    assert_eq!(
+        (second.debit.kind(), second.amount_fen, second.continues),
+        (AccountKind::Card, 1_00, true)
+    );
+    let statement = campus.ledger().statement(1001, None, 10).expect("statement").transfers;
+    assert_eq!(statement.len(), 5, "top-up, subsidy, canteen purchase and the two parts");
     campus.assert_verified();
 }
 
