@@ -47,6 +47,14 @@ fn insufficient_funds_and_unknown_cards_are_refused_and_write_nothing_that_moves
     assert_eq!(campus.buy(canteen, 999_999, 100).code, AnswerCode::UnknownCard);
     assert_eq!(campus.buy(canteen, 1001, 0).code, AnswerCode::InvalidAmount);
     assert_eq!(campus.top_up(1001, 0).code, AnswerCode::InvalidAmount);
+    // The largest amount the wire can carry is refused by the limits, not overflowed.
+    assert_eq!(campus.buy(canteen, 1001, u32::MAX).code, AnswerCode::TransactionLimit);
+    assert_eq!(campus.top_up(1001, u32::MAX).code, AnswerCode::BalanceLimit);
+    // Not a card's purchase: refunds and reversals of it are refused.
+    assert_eq!(
+        transfer(campus.send(canteen, refund(1001, 1, 1_00))).code,
+        AnswerCode::UnknownTransfer
+    );
     // A canteen cannot take top-ups.
     assert_eq!(
         transfer(campus.send(canteen, top_up(1001, 100))).code,
