@@ -11,14 +11,16 @@
 //!     --data-dir /var/tmp/onecard-restart
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clap::Parser;
 use onecard_benches::campus::{Campus, Rng, Spec, TempDir, purchase};
-use onecard_engine::{Ledger, LedgerConfig};
-use onecard_protocol::AnswerCode;
+use onecard_engine::directory::MerchantCategory;
+use onecard_engine::{Ledger, LedgerConfig, Submission};
+use onecard_protocol::{AnswerCode, MacAlgorithm};
 
 /// Reopen time of a large ledger.
 #[derive(Debug, Parser)]
@@ -38,6 +40,9 @@ struct Args {
     /// Also time a full verify after the reopen.
     #[arg(long)]
     verify: bool,
+    /// Commit this many more transfers to an existing store before measuring.
+    #[arg(long, default_value_t = 0)]
+    extend: u64,
 }
 
 fn main() -> Result<(), String> {
@@ -53,6 +58,17 @@ fn main() -> Result<(), String> {
     let built = path.join("CURRENT").exists();
     if !built {
         build(&args, &path)?;
+    } else if args.extend > 0 {
+        let started = Instant::now();
+        let config = LedgerConfig { sync: false, ..LedgerConfig::default() };
+        let ledger = Ledger::open(&path, config).map_err(|e| e.to_string())?;
+        drive(&ledger, args.cards, args.extend, started)?;
+        ledger.close();
+        println!(
+            "extended by {}+ transfers in {:.0} s",
+            args.extend,
+            started.elapsed().as_secs_f64()
+        );
     }
     for round in 1..=3 {
         let started = Instant::now();
@@ -94,17 +110,42 @@ fn build(args: &Args, path: &std::path::Path) -> Result<(), String> {
     println!("opened {} cards in {:.1} s", args.cards, started.elapsed().as_secs_f64());
     campus.fund(&ledger, 1_000_000)?;
     println!("funded in {:.1} s", started.elapsed().as_secs_f64());
-    let terminals: Vec<u32> =
-        campus.merchants.iter().flat_map(|m| m.terminals.iter().copied()).collect();
-    let mut rng = Rng::new(7);
+    let committed = drive(&ledger, args.cards, args.transfers, started)?;
+    ledger.close();
+    println!("built {committed}+ transfers in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Commits at least `transfers` purchases from the merchants' terminals, many in
+/// flight, each terminal continuing from its last sequence.
+fn drive(ledger: &Ledger, cards: u64, transfers: u64, started: Instant) -> Result<u64, String> {
+    let terminals: Vec<u32> = ledger
+        .terminals()
+        .iter()
+        .filter(|t| t.category != MerchantCategory::CardCentre)
+        .map(|t| t.id)
+        .collect();
+    let mut next: HashMap<u32, u64> = ledger
+        .terminals()
+        .iter()
+        .map(|t| (t.id, t.last_sequence.load(Ordering::Acquire) + 1))
+        .collect();
+    let mut rng = Rng::new(started.elapsed().as_nanos().try_into().unwrap_or(7));
     let mut in_flight = VecDeque::with_capacity(16_384);
     let mut committed = 0u64;
     let mut sent = 0u64;
-    while committed < args.transfers {
+    while committed < transfers {
         while in_flight.len() < 16_384 {
-            let terminal = terminals[rng.index(terminals.len())];
-            let card = Campus::card_number(rng.below(args.cards));
-            let submission = campus.submission(terminal, purchase(card, rng.between(100, 3_000)));
+            let terminal_id = terminals[rng.index(terminals.len())];
+            let card = Campus::card_number(rng.below(cards));
+            let sequence = next.entry(terminal_id).or_insert(1);
+            let submission = Submission {
+                terminal_id,
+                sequence: *sequence,
+                mac_algorithm: MacAlgorithm::HmacSha256,
+                request: purchase(card, rng.between(100, 3_000)),
+            };
+            *sequence += 1;
             in_flight.push_back(ledger.submit(submission));
             sent += 1;
         }
@@ -123,7 +164,5 @@ fn build(args: &Args, path: &std::path::Path) -> Result<(), String> {
     for answer in in_flight {
         let _ = answer.blocking_recv();
     }
-    ledger.close();
-    println!("built {committed}+ transfers in {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
+    Ok(committed)
 }

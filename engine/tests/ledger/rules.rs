@@ -231,6 +231,7 @@ fn a_sequence_older_than_the_retry_window_is_refused_as_stale() {
         AnswerCode::StaleSequence
     );
     assert_eq!(campus.balance(1001), balance);
+    campus.assert_verified();
 }
 
 #[test]
@@ -468,6 +469,7 @@ fn an_expired_card_is_refused() {
     let later = BusinessDate::from_yyyymmdd(EXPIRY + 10_000 - 1_130).expect("2100-01-01");
     campus.ledger().set_business_date(later).expect("t");
     assert_eq!(campus.buy(campus.terminals.canteen_a, 1001, 1_00).code, AnswerCode::CardExpired);
+    campus.assert_verified();
 }
 
 #[test]
@@ -602,6 +604,7 @@ fn statements_page_newest_first_and_merchant_days_read_one_shard() {
         campus.ledger().statement(5, None, 3).err().map(|e| e.to_string()),
         Some("no card 5".to_owned())
     );
+    campus.assert_verified();
 }
 
 #[test]
@@ -617,6 +620,7 @@ fn inquiries_report_balance_state_and_expiry() {
     );
     let answer = campus.send(campus.terminals.canteen_a, inquiry(5));
     assert_eq!(answer.code(), AnswerCode::UnknownCard);
+    campus.assert_verified();
 }
 
 #[test]
@@ -631,6 +635,7 @@ fn a_disabled_terminal_is_refused() {
     assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::TerminalDisabled);
     campus.ledger().set_terminal_enabled(canteen, true).expect("enables");
     assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::Approved);
+    campus.assert_verified();
 }
 
 #[test]
@@ -640,4 +645,5 @@ fn top_ups_stop_at_the_maximum_balance() {
     assert_eq!(campus.top_up(1001, 500_00).code, AnswerCode::Approved);
     assert_eq!(campus.top_up(1001, 1).code, AnswerCode::BalanceLimit);
     assert_eq!(campus.balance(1001), 500_00);
+    campus.assert_verified();
 }
