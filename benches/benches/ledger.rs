@@ -22,7 +22,7 @@ use onecard_protocol::AnswerCode;
 const PIPELINED: u64 = 1_000;
 
 fn ledger(c: &mut Criterion) {
-    let dir = TempDir::new("onecard-bench-ledger").expect("a temporary directory");
+    let dir = TempDir::new("bench-ledger");
     let config = LedgerConfig { shards: 2, sync: true, ..LedgerConfig::default() };
     let ledger = Ledger::open(dir.path(), config).expect("the ledger opens");
     let spec = Spec { cards: 1_000, merchants: 10, centre_terminals: 2, merchant_terminals: 30 };

@@ -8,8 +8,6 @@
 //! terminals, and the harness sends them 80% of the purchases.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use onecard_engine::cards::{CardType, LimitOverrides};
 use onecard_engine::directory::MerchantCategory;
@@ -67,39 +65,7 @@ impl Rng {
     }
 }
 
-/// A directory under the system's temporary directory, removed when dropped.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// A new, empty directory whose name starts with `prefix`.
-    ///
-    /// # Errors
-    /// If the directory cannot be created.
-    pub fn new(prefix: &str) -> std::io::Result<Self> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path =
-            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:09}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-
-    /// Where it is.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use onecard_tests::TempDir;
 
 /// What campus to build.
 #[derive(Debug, Clone, Copy)]

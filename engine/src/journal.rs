@@ -361,13 +361,6 @@ impl Batch {
         self.first_transfer_id + self.transfers.len() as u64
     }
 
-    /// The transfer `id`, if this batch holds it.
-    #[must_use]
-    pub fn transfer(&self, id: u64) -> Option<&Transfer> {
-        let index = usize::try_from(id.checked_sub(self.first_transfer_id)?).ok()?;
-        self.transfers.get(index)
-    }
-
     /// The transfer id an entry's answer carries: its first transfer, else the one it
     /// refers to, else 0.
     #[must_use]
@@ -377,13 +370,6 @@ impl Batch {
         } else {
             entry.reference
         }
-    }
-
-    /// The transfers an entry made.
-    #[must_use]
-    pub fn transfers_of(&self, entry: &Entry) -> &[Transfer] {
-        let start = entry.transfer_index as usize;
-        &self.transfers[start..start + usize::from(entry.transfer_count)]
     }
 }
 

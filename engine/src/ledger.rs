@@ -22,7 +22,7 @@ use onecard_protocol::message::{
 use onecard_protocol::{
     Answer, AnswerCode, Body, CardState, Channel, MealPeriod, Pin, Request, TerminalKey,
 };
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, WriteBatch};
 use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 
@@ -36,17 +36,17 @@ use crate::date::{BusinessDate, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
 use crate::journal::{
     Batch, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key, first_transfer_id,
-    journal_of, read_transfer,
+    journal_of, read_transfer, seek_key,
 };
 use crate::limits::{NAME_BYTES_MAX, SHARD_QUEUE_REQUESTS_MAX, SHARDS_MAX, STATEMENT_PAGE_MAX};
 use crate::postings::{Postings, index_key};
 use crate::shard::{
     Command, RecoveredShard, ShardStats, ShardWriter, Submission, TerminalState, rebuild_window,
-    refusal, seek_batch_key,
+    refusal,
 };
 use crate::store::{
     CF_BALANCES, CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, OpenError, Store, control_key,
-    journal_cf, shard_key, synced,
+    journal_cf, prefixed_key, shard_key, synced,
 };
 
 /// How a ledger runs.
@@ -268,18 +268,26 @@ impl Shared {
             .expect("the ledger holds a valid date")
     }
 
+    /// The fault flag of `journal`: one per shard, then the control journal's.
+    fn fault_flag(&self, journal: u8) -> Option<&AtomicBool> {
+        let index = if journal == CONTROL_JOURNAL {
+            self.fail_writes.len() - 1
+        } else {
+            usize::from(journal)
+        };
+        self.fail_writes.get(index)
+    }
+
     /// Whether a test asked the next write of `journal` to fail (and clears the ask).
     pub fn fail_next_write(&self, journal: u8) -> bool {
-        self.fail_writes
-            .get(usize::from(journal))
-            .is_some_and(|flag| flag.swap(false, Ordering::AcqRel))
+        self.fault_flag(journal).is_some_and(|flag| flag.swap(false, Ordering::AcqRel))
     }
 
     /// Transfer `id` of `journal`, and the one after it if that continues it.
     pub fn transfer_pair(&self, journal: u8, id: u64) -> Option<(Transfer, Option<Transfer>)> {
         let cf = self.store.cf(&journal_cf(journal));
         let mut iter = self.store.db().raw_iterator_cf(cf);
-        iter.seek_for_prev(seek_batch_key(id));
+        iter.seek_for_prev(seek_key(id));
         let (key, value) = (iter.key()?, iter.value()?);
         if key.len() != 16 || journal_of(u64::from_be_bytes(key[..8].try_into().ok()?)) != journal {
             return None;
@@ -540,7 +548,7 @@ impl Ledger {
             let _ = reply.send(refusal(&submission.request, AnswerCode::ServiceUnavailable));
             return answer;
         };
-        match queue.try_send(Command { submission, reply }) {
+        match queue.try_send(Command { submission, terminal, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(command) | TrySendError::Disconnected(command)) => {
                 let code =
@@ -605,12 +613,7 @@ impl Ledger {
     /// Asks the next commit of `journal` (a shard, or [`CONTROL_JOURNAL`]) to fail as
     /// a failed disk write would, so tests can watch the shard poison itself.
     pub fn inject_write_failure(&self, journal: u8) {
-        let index = if journal == CONTROL_JOURNAL {
-            self.shared.fail_writes.len() - 1
-        } else {
-            usize::from(journal)
-        };
-        if let Some(flag) = self.shared.fail_writes.get(index) {
+        if let Some(flag) = self.shared.fault_flag(journal) {
             flag.store(true, Ordering::Release);
         }
     }
@@ -657,7 +660,7 @@ impl Ledger {
         let mut write = WriteBatch::default();
         write.put_cf(
             self.shared.store.cf(CF_CONTROL),
-            control_key::key(control_key::MERCHANT, &id.to_be_bytes()),
+            prefixed_key(control_key::MERCHANT, &id.to_be_bytes()),
             json(&record),
         );
         self.shared.store.db().write_opt(write, &synced())?;
@@ -718,7 +721,7 @@ impl Ledger {
     }
 
     fn write_terminal(&self, record: &TerminalRecord) -> Result<(), ControlError> {
-        let key = control_key::key(control_key::TERMINAL, &record.id.to_be_bytes());
+        let key = prefixed_key(control_key::TERMINAL, &record.id.to_be_bytes());
         self.shared.store.db().put_cf_opt(
             self.shared.store.cf(CF_CONTROL),
             key,
@@ -838,10 +841,8 @@ impl Ledger {
         }
         self.commit_control(&mut control, &transfers, |write, cf| {
             for record in &records {
-                let account = record.account_number.to_be_bytes();
-                write.put_cf(cf, control_key::key(control_key::ACCOUNT, &account), json(record));
-                let card = control_key::key(control_key::CARD, &record.card_number.to_be_bytes());
-                write.put_cf(cf, card, card_value(record.account_number, 0));
+                put_account(write, cf, record);
+                put_card(write, cf, record.card_number, record.account_number, 0);
             }
         })?;
         control.next_account += records.len() as u64;
@@ -928,16 +929,8 @@ impl Ledger {
         let listed = to != CardState::Active;
         let version = control.blacklist_version + 1;
         self.commit_control(&mut control, &[], |write, cf| {
-            write.put_cf(
-                cf,
-                control_key::key(control_key::ACCOUNT, &record.account_number.to_be_bytes()),
-                json(&record),
-            );
-            write.put_cf(
-                cf,
-                control_key::key(control_key::BLACKLIST, &version.to_be_bytes()),
-                blacklist_value(card_number, listed),
-            );
+            put_account(write, cf, &record);
+            put_blacklist(write, cf, version, card_number, listed);
         })?;
         self.bump_blacklist(&mut control, version);
         state.record = record;
@@ -996,26 +989,10 @@ impl Ledger {
         let version = control.blacklist_version + 1;
         let account_number = record.account_number;
         self.commit_control(&mut control, &transfers, |write, cf| {
-            write.put_cf(
-                cf,
-                control_key::key(control_key::ACCOUNT, &account_number.to_be_bytes()),
-                json(&record),
-            );
-            write.put_cf(
-                cf,
-                control_key::key(control_key::CARD, &old_card.to_be_bytes()),
-                card_value(account_number, now),
-            );
-            write.put_cf(
-                cf,
-                control_key::key(control_key::CARD, &new_card.to_be_bytes()),
-                card_value(account_number, 0),
-            );
-            write.put_cf(
-                cf,
-                control_key::key(control_key::BLACKLIST, &version.to_be_bytes()),
-                blacklist_value(old_card, true),
-            );
+            put_account(write, cf, &record);
+            put_card(write, cf, old_card, account_number, now);
+            put_card(write, cf, new_card, account_number, 0);
+            put_blacklist(write, cf, version, old_card, true);
         })?;
         self.bump_blacklist(&mut control, version);
         drop(control);
@@ -1092,11 +1069,7 @@ impl Ledger {
         change(&mut record)?;
         let mut control = self.control();
         self.commit_control(&mut control, &[], |write, cf| {
-            write.put_cf(
-                cf,
-                control_key::key(control_key::ACCOUNT, &record.account_number.to_be_bytes()),
-                json(&record),
-            );
+            put_account(write, cf, &record);
         })?;
         drop(control);
         state.limits = record.overrides.apply(record.card_type);
@@ -1150,16 +1123,8 @@ impl Ledger {
         let mut control = self.control();
         let version = control.blacklist_version + 1;
         self.commit_control(&mut control, &transfers, |write, cf| {
-            write.put_cf(
-                cf,
-                control_key::key(control_key::ACCOUNT, &account_number.to_be_bytes()),
-                json(&record),
-            );
-            write.put_cf(
-                cf,
-                control_key::key(control_key::BLACKLIST, &version.to_be_bytes()),
-                blacklist_value(card_number, true),
-            );
+            put_account(write, cf, &record);
+            put_blacklist(write, cf, version, card_number, true);
         })?;
         self.bump_blacklist(&mut control, version);
         drop(control);
@@ -1217,13 +1182,12 @@ impl Ledger {
         &self,
         control: &mut ControlState,
         transfers: &[ControlTransfer],
-        records: impl FnOnce(&mut WriteBatch, &rocksdb::ColumnFamily),
+        records: impl FnOnce(&mut WriteBatch, &ColumnFamily),
     ) -> Result<(), ControlError> {
         let store = &self.shared.store;
         let mut write = WriteBatch::default();
         records(&mut write, store.cf(CF_CONTROL));
-        if self.shared.fail_next_write(u8::try_from(self.shared.fail_writes.len() - 1).unwrap_or(0))
-        {
+        if self.shared.fail_next_write(CONTROL_JOURNAL) {
             return Err(ControlError::FaultInjected);
         }
         if transfers.is_empty() {
@@ -1391,8 +1355,7 @@ impl Ledger {
         let account = AccountId::merchant(merchant_id);
         let store = &self.shared.store;
         let journal = store.cf(&journal_cf(merchant.shard));
-        let mut day_key = vec![shard_key::DAY_START];
-        day_key.extend_from_slice(&date.to_yyyymmdd().to_be_bytes());
+        let day_key = prefixed_key(shard_key::DAY_START, &date.to_yyyymmdd().to_be_bytes());
         let Some(start) = store.db().get_cf(journal, day_key)? else {
             return Ok(Vec::new());
         };
@@ -1428,8 +1391,7 @@ impl Ledger {
             .ok_or(ControlError::UnknownTerminal(terminal_id))?;
         let store = &self.shared.store;
         let journal = store.cf(&journal_cf(terminal.shard));
-        let mut key = vec![shard_key::TERMINAL_STATE];
-        key.extend_from_slice(&terminal_id.to_be_bytes());
+        let key = prefixed_key(shard_key::TERMINAL_STATE, &terminal_id.to_be_bytes());
         let Some(bytes) = store.db().get_cf(journal, key)? else {
             return Ok(Vec::new());
         };
@@ -1461,8 +1423,7 @@ impl Ledger {
         let current = self.blacklist_version();
         let max = max.min(onecard_protocol::limits::BLACKLIST_ENTRIES_MAX);
         let cf = self.shared.store.cf(CF_CONTROL);
-        let start =
-            control_key::key(control_key::BLACKLIST, &since.saturating_add(1).to_be_bytes());
+        let start = prefixed_key(control_key::BLACKLIST, &since.saturating_add(1).to_be_bytes());
         let mut entries = Vec::new();
         for item in
             self.shared.store.db().iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
@@ -1564,18 +1525,38 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise")
 }
 
-fn card_value(account_number: u64, replaced_at_ms: u64) -> [u8; 16] {
+/// Writes a card account's record.
+fn put_account(write: &mut WriteBatch, cf: &ColumnFamily, record: &AccountRecord) {
+    let key = prefixed_key(control_key::ACCOUNT, &record.account_number.to_be_bytes());
+    write.put_cf(cf, key, json(record));
+}
+
+/// Writes a card number's entry: its account, and when it was replaced (0 if current).
+fn put_card(
+    write: &mut WriteBatch,
+    cf: &ColumnFamily,
+    card_number: u64,
+    account_number: u64,
+    replaced_at_ms: u64,
+) {
     let mut value = [0u8; 16];
     value[..8].copy_from_slice(&account_number.to_be_bytes());
     value[8..].copy_from_slice(&replaced_at_ms.to_be_bytes());
-    value
+    write.put_cf(cf, prefixed_key(control_key::CARD, &card_number.to_be_bytes()), value);
 }
 
-fn blacklist_value(card_number: u64, listed: bool) -> [u8; 9] {
+/// Writes blacklist entry `version`: the card, and whether it is now listed.
+fn put_blacklist(
+    write: &mut WriteBatch,
+    cf: &ColumnFamily,
+    version: u64,
+    card_number: u64,
+    listed: bool,
+) {
     let mut value = [0u8; 9];
     value[..8].copy_from_slice(&card_number.to_be_bytes());
     value[8] = u8::from(listed);
-    value
+    write.put_cf(cf, prefixed_key(control_key::BLACKLIST, &version.to_be_bytes()), value);
 }
 
 fn terminal_from(

@@ -39,7 +39,7 @@ use crate::cards::{AccountState, CardAccount, CardEntry};
 use crate::date::{BusinessDate, now_ms};
 use crate::directory::{MerchantCategory, Terminal};
 use crate::journal::{
-    Batch, BatchView, Entry, Transfer, TransferKind, batch_key, journal_of, read_transfer, seek_key,
+    Batch, BatchView, Entry, Transfer, TransferKind, batch_key, journal_of, read_transfer,
 };
 use crate::ledger::Shared;
 use crate::limits::{
@@ -47,7 +47,7 @@ use crate::limits::{
     TERMINAL_HISTORY_BATCHES_MAX,
 };
 use crate::postings::Postings;
-use crate::store::{journal_cf, shard_key, synced};
+use crate::store::{journal_cf, prefixed_key, shard_key, synced};
 
 /// A terminal request as the front door hands it to the ledger.
 #[derive(Debug, Clone)]
@@ -65,6 +65,8 @@ pub struct Submission {
 /// A request on its way to a shard, with where its answer goes.
 pub(crate) struct Command {
     pub submission: Submission,
+    /// The submitting terminal, as looked up once when the request was routed.
+    pub terminal: Arc<Terminal>,
     pub reply: oneshot::Sender<Answer>,
 }
 
@@ -388,41 +390,49 @@ impl Work {
         self.first_transfer_id + self.transfers.len() as u64
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn transfer(
-        &mut self,
-        debit: AccountId,
-        credit: AccountId,
-        amount_fen: i64,
-        kind: TransferKind,
-        terminal: &Terminal,
-        sequence: u64,
-        corrects: u64,
-        card_number: u64,
-        meal_period: MealPeriod,
-        timestamp_ms: u64,
-        continues: bool,
-    ) -> u64 {
+    /// Appends one transfer of the request `origin` to the batch and returns its id.
+    fn transfer(&mut self, origin: Origin, leg: Leg) -> u64 {
         let id = self.next_id();
         let transfer = Transfer {
             id,
-            debit,
-            credit,
-            amount_fen,
-            kind,
+            debit: leg.debit,
+            credit: leg.credit,
+            amount_fen: leg.amount_fen,
+            kind: leg.kind,
             business_date: self.date,
-            timestamp_ms,
-            terminal_id: terminal.id,
-            sequence,
-            corrects,
-            card_number,
-            meal_period,
-            continues,
+            timestamp_ms: leg.timestamp_ms,
+            terminal_id: origin.terminal_id,
+            sequence: origin.sequence,
+            corrects: leg.corrects,
+            card_number: origin.card_number,
+            meal_period: leg.meal_period,
+            continues: leg.continues,
         };
         self.postings.add(&transfer);
         self.transfers.push(transfer);
         id
     }
+}
+
+/// The request a transfer comes from: shared by every transfer it makes.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    terminal_id: u32,
+    sequence: u64,
+    card_number: u64,
+}
+
+/// One posting a request makes, before the batch gives it an id and a date.
+#[derive(Debug, Clone, Copy)]
+struct Leg {
+    debit: AccountId,
+    credit: AccountId,
+    amount_fen: i64,
+    kind: TransferKind,
+    corrects: u64,
+    meal_period: MealPeriod,
+    timestamp_ms: u64,
+    continues: bool,
 }
 
 /// What a purchase-like debit took from a card.
@@ -447,6 +457,8 @@ pub(crate) struct ShardWriter {
     /// most [`RECENT_BATCHES_MAX`]), so refunds and reversals read their original with
     /// a point lookup instead of a seek.
     recent_batches: BTreeMap<u64, [u8; 16]>,
+    /// The name of this shard's journal column family.
+    journal: String,
 }
 
 impl ShardWriter {
@@ -467,6 +479,7 @@ impl ShardWriter {
             windows: recovered.windows,
             stats,
             recent_batches: BTreeMap::new(),
+            journal: journal_cf(id),
         }
     }
 
@@ -511,7 +524,7 @@ impl ShardWriter {
             offline_records: HashMap::new(),
         };
         for command in commands.drain(..) {
-            let answer = self.decide(&mut work, &command.submission);
+            let answer = self.decide(&mut work, &command.terminal, &command.submission);
             let message_type = command.submission.request.message_type();
             work.replies.push((command.reply, message_type, answer));
         }
@@ -564,7 +577,7 @@ impl ShardWriter {
         }
         let started = Instant::now();
         let store = &self.shared.store;
-        let journal = store.cf(&journal_cf(self.id));
+        let journal = store.cf(&self.journal);
         let batch = BatchView {
             number: self.next_batch,
             business_date: work.date,
@@ -576,14 +589,12 @@ impl ShardWriter {
         let mut write = WriteBatch::default();
         write.put_cf(journal, work.key, batch.encode());
         if self.last_date != work.date.to_yyyymmdd() {
-            let mut key = vec![shard_key::DAY_START];
-            key.extend_from_slice(&work.date.to_yyyymmdd().to_be_bytes());
+            let key = prefixed_key(shard_key::DAY_START, &work.date.to_yyyymmdd().to_be_bytes());
             write.put_cf(journal, key, work.key);
         }
         work.postings.write(store, &mut write);
         for (id, mark) in &work.sale_marks {
-            let mut key = vec![shard_key::SALE_MARK];
-            key.extend_from_slice(&id.to_be_bytes());
+            let key = prefixed_key(shard_key::SALE_MARK, &id.to_be_bytes());
             write.put_cf(journal, key, mark.encode());
         }
         for ((terminal, sequence), (code, transfer_id)) in &work.offline_records {
@@ -595,8 +606,7 @@ impl ShardWriter {
         }
         for terminal in &work.touched {
             if let Some(window) = self.windows.get(terminal) {
-                let mut key = vec![shard_key::TERMINAL_STATE];
-                key.extend_from_slice(&terminal.to_be_bytes());
+                let key = prefixed_key(shard_key::TERMINAL_STATE, &terminal.to_be_bytes());
                 write.put_cf(journal, key, window.encode());
             }
         }
@@ -608,11 +618,8 @@ impl ShardWriter {
         Ok(())
     }
 
-    fn decide(&mut self, work: &mut Work, submission: &Submission) -> Answer {
+    fn decide(&mut self, work: &mut Work, terminal: &Terminal, submission: &Submission) -> Answer {
         let request = &submission.request;
-        let Some(terminal) = self.shared.directory.terminal(submission.terminal_id) else {
-            return refusal(request, AnswerCode::UnknownTerminal);
-        };
         if terminal.shard != self.id {
             return refusal(request, AnswerCode::ServiceUnavailable);
         }
@@ -630,15 +637,15 @@ impl ShardWriter {
         }
         let entries_before = work.entries.len();
         let mut retained = match request {
-            Request::Purchase(purchase) => self.purchase(work, &terminal, submission, purchase),
-            Request::TopUp(top_up) => self.top_up(work, &terminal, sequence, top_up),
+            Request::Purchase(purchase) => self.purchase(work, terminal, submission, purchase),
+            Request::TopUp(top_up) => self.top_up(work, terminal, sequence, top_up),
             Request::BalanceInquiry(inquiry) => {
-                self.inquiry(work, &terminal, sequence, inquiry.card_number)
+                self.inquiry(work, terminal, sequence, inquiry.card_number)
             }
-            Request::Refund(refund) => self.refund(work, &terminal, sequence, refund),
-            Request::Reversal(reversal) => self.reversal(work, &terminal, sequence, reversal),
+            Request::Refund(refund) => self.refund(work, terminal, sequence, refund),
+            Request::Reversal(reversal) => self.reversal(work, terminal, sequence, reversal),
             Request::OfflineUpload(upload) => {
-                self.offline(work, &terminal, sequence, &upload.records)
+                self.offline(work, terminal, sequence, &upload.records)
             }
             _ => return refusal(request, AnswerCode::UnknownMessageType),
         };
@@ -654,22 +661,20 @@ impl ShardWriter {
     }
 
     /// Records an entry in the batch and returns the window entry for it.
-    #[allow(clippy::too_many_arguments)]
     fn record(
         work: &mut Work,
-        terminal: &Terminal,
-        sequence: u64,
+        origin: Origin,
         message_type: MessageType,
         code: AnswerCode,
         first_transfer: Option<u64>,
-        card_number: u64,
         amount_fen: u32,
         balances: (i64, i64),
     ) -> WindowEntry {
+        let Origin { terminal_id, sequence, card_number } = origin;
         let transfer_count = first_transfer.map_or(0, |first| work.next_id() - first);
         let transfer_index = first_transfer.map_or(0, |first| first - work.first_transfer_id);
         work.entries.push(Entry {
-            terminal_id: terminal.id,
+            terminal_id,
             sequence,
             message_type,
             code,
@@ -702,19 +707,10 @@ impl ShardWriter {
     ) -> WindowEntry {
         let sequence = submission.sequence;
         let card_number = purchase.card_number;
+        let origin = Origin { terminal_id: terminal.id, sequence, card_number };
         let amount = purchase.amount_fen;
         let refuse = |work: &mut Work, code, balances| {
-            Self::record(
-                work,
-                terminal,
-                sequence,
-                MessageType::Purchase,
-                code,
-                None,
-                card_number,
-                amount,
-                balances,
-            )
+            Self::record(work, origin, MessageType::Purchase, code, None, amount, balances)
         };
         if amount == 0 {
             return refuse(work, AnswerCode::InvalidAmount, (0, 0));
@@ -722,35 +718,16 @@ impl ShardWriter {
         let Some(card) = self.shared.cards.card(card_number) else {
             return refuse(work, AnswerCode::UnknownCard, (0, 0));
         };
+        let fen = i64::from(amount);
         let mut state = card.account.lock();
         let balances = (state.balance_fen, state.restricted_fen);
-        if let Err(code) = usable(&card, &state, work.date) {
-            drop(state);
-            return refuse(work, code, balances);
-        }
-        let fen = i64::from(amount);
-        if fen > state.limits.transaction_fen_max {
-            drop(state);
-            return refuse(work, AnswerCode::TransactionLimit, balances);
-        }
-        if state.spent_on(work.date) + fen > state.limits.daily_fen_max {
-            drop(state);
-            return refuse(work, AnswerCode::DailyLimit, balances);
-        }
-        if fen > state.limits.no_pin_fen_max
-            && let Err(code) = check_pin(&mut state, terminal, submission, purchase)
-        {
-            drop(state);
-            return refuse(work, code, balances);
-        }
-        let utility = terminal.category == MerchantCategory::Utility;
-        let Some(debit) = take(&mut state, fen, utility) else {
-            drop(state);
-            return refuse(work, AnswerCode::InsufficientFunds, balances);
-        };
-        state.add_spent(work.date, fen);
-        let account_number = card.account.number;
+        let decided = debit_purchase(&mut state, &card, terminal, submission, purchase, work.date);
         drop(state);
+        let debit = match decided {
+            Ok(debit) => debit,
+            Err(code) => return refuse(work, code, balances),
+        };
+        let account_number = card.account.number;
         work.postings.add_spent(account_number, work.date, fen);
         work.taken.push(Movement {
             account: Arc::clone(&card.account),
@@ -771,12 +748,10 @@ impl ShardWriter {
         );
         Self::record(
             work,
-            terminal,
-            sequence,
+            origin,
             MessageType::Purchase,
             AnswerCode::Approved,
             Some(first),
-            card_number,
             amount,
             (debit.balance_fen, debit.restricted_after_fen),
         )
@@ -797,38 +772,39 @@ impl ShardWriter {
         meal_period: MealPeriod,
         timestamp_ms: u64,
     ) -> u64 {
+        let origin = Origin { terminal_id: terminal.id, sequence, card_number };
         let merchant = AccountId::merchant(terminal.merchant_id);
         let first = work.next_id();
         let mut continues = false;
         if debit.restricted_fen > 0 {
             work.transfer(
-                AccountId::card_restricted(account_number),
-                merchant,
-                debit.restricted_fen,
-                kind,
-                terminal,
-                sequence,
-                0,
-                card_number,
-                meal_period,
-                timestamp_ms,
-                false,
+                origin,
+                Leg {
+                    debit: AccountId::card_restricted(account_number),
+                    credit: merchant,
+                    amount_fen: debit.restricted_fen,
+                    kind,
+                    corrects: 0,
+                    meal_period,
+                    timestamp_ms,
+                    continues: false,
+                },
             );
             continues = true;
         }
         if debit.main_fen > 0 {
             work.transfer(
-                AccountId::card(account_number),
-                merchant,
-                debit.main_fen,
-                kind,
-                terminal,
-                sequence,
-                0,
-                card_number,
-                meal_period,
-                timestamp_ms,
-                continues,
+                origin,
+                Leg {
+                    debit: AccountId::card(account_number),
+                    credit: merchant,
+                    amount_fen: debit.main_fen,
+                    kind,
+                    corrects: 0,
+                    meal_period,
+                    timestamp_ms,
+                    continues,
+                },
             );
         }
         first
@@ -842,19 +818,10 @@ impl ShardWriter {
         top_up: &TopUp,
     ) -> WindowEntry {
         let card_number = top_up.card_number;
+        let origin = Origin { terminal_id: terminal.id, sequence, card_number };
         let amount = top_up.amount_fen;
         let refuse = |work: &mut Work, code, balances| {
-            Self::record(
-                work,
-                terminal,
-                sequence,
-                MessageType::TopUp,
-                code,
-                None,
-                card_number,
-                amount,
-                balances,
-            )
+            Self::record(work, origin, MessageType::TopUp, code, None, amount, balances)
         };
         if terminal.category != MerchantCategory::CardCentre {
             return refuse(work, AnswerCode::ChannelNotAllowed, (0, 0));
@@ -892,26 +859,24 @@ impl ShardWriter {
             spent_fen: 0,
         });
         let first = work.transfer(
-            AccountId::channel(top_up.channel),
-            AccountId::card(account_number),
-            fen,
-            TransferKind::TopUp,
-            terminal,
-            sequence,
-            0,
-            card_number,
-            MealPeriod::Unspecified,
-            work.now_ms,
-            false,
+            origin,
+            Leg {
+                debit: AccountId::channel(top_up.channel),
+                credit: AccountId::card(account_number),
+                amount_fen: fen,
+                kind: TransferKind::TopUp,
+                corrects: 0,
+                meal_period: MealPeriod::Unspecified,
+                timestamp_ms: work.now_ms,
+                continues: false,
+            },
         );
         Self::record(
             work,
-            terminal,
-            sequence,
+            origin,
             MessageType::TopUp,
             AnswerCode::Approved,
             Some(first),
-            card_number,
             amount,
             after,
         )
@@ -941,17 +906,9 @@ impl ShardWriter {
                 )
             }
         };
-        let mut entry = Self::record(
-            work,
-            terminal,
-            sequence,
-            MessageType::BalanceInquiry,
-            code,
-            None,
-            card_number,
-            0,
-            balances,
-        );
+        let origin = Origin { terminal_id: terminal.id, sequence, card_number };
+        let mut entry =
+            Self::record(work, origin, MessageType::BalanceInquiry, code, None, 0, balances);
         if let Some(last) = work.entries.last_mut() {
             last.aux = u64::from(expiry_date);
             last.reference = u64::from(card_state.to_wire());
@@ -982,7 +939,7 @@ impl ShardWriter {
         else {
             return self.shared.transfer_pair(self.id, id);
         };
-        let journal = self.shared.store.cf(&journal_cf(self.id));
+        let journal = self.shared.store.cf(&self.journal);
         let value = self.shared.store.db().get_pinned_cf(journal, key).ok()??;
         read_transfer(&value, id).ok()?
     }
@@ -991,9 +948,8 @@ impl ShardWriter {
         if let Some(mark) = work.sale_marks.get(&id) {
             return *mark;
         }
-        let mut key = vec![shard_key::SALE_MARK];
-        key.extend_from_slice(&id.to_be_bytes());
-        let journal = self.shared.store.cf(&journal_cf(self.id));
+        let key = prefixed_key(shard_key::SALE_MARK, &id.to_be_bytes());
+        let journal = self.shared.store.cf(&self.journal);
         match self.shared.store.db().get_cf(journal, key) {
             Ok(Some(bytes)) => SaleMark::decode(&bytes).unwrap_or_default(),
             Ok(None) => SaleMark::default(),
@@ -1012,19 +968,10 @@ impl ShardWriter {
         refund: &Refund,
     ) -> WindowEntry {
         let card_number = refund.card_number;
+        let origin = Origin { terminal_id: terminal.id, sequence, card_number };
         let amount = refund.amount_fen;
         let refuse = |work: &mut Work, code| {
-            Self::record(
-                work,
-                terminal,
-                sequence,
-                MessageType::Refund,
-                code,
-                None,
-                card_number,
-                amount,
-                (0, 0),
-            )
+            Self::record(work, origin, MessageType::Refund, code, None, amount, (0, 0))
         };
         if amount == 0 {
             return refuse(work, AnswerCode::InvalidAmount);
@@ -1084,32 +1031,32 @@ impl ShardWriter {
         let first_id = work.next_id();
         if to_main > 0 {
             work.transfer(
-                merchant,
-                AccountId::card(account_number),
-                to_main,
-                TransferKind::Refund,
-                terminal,
-                sequence,
-                id,
-                card_number,
-                MealPeriod::Unspecified,
-                work.now_ms,
-                false,
+                origin,
+                Leg {
+                    debit: merchant,
+                    credit: AccountId::card(account_number),
+                    amount_fen: to_main,
+                    kind: TransferKind::Refund,
+                    corrects: id,
+                    meal_period: MealPeriod::Unspecified,
+                    timestamp_ms: work.now_ms,
+                    continues: false,
+                },
             );
         }
         if to_restricted > 0 {
             work.transfer(
-                merchant,
-                AccountId::card_restricted(account_number),
-                to_restricted,
-                TransferKind::Refund,
-                terminal,
-                sequence,
-                id,
-                card_number,
-                MealPeriod::Unspecified,
-                work.now_ms,
-                to_main > 0,
+                origin,
+                Leg {
+                    debit: merchant,
+                    credit: AccountId::card_restricted(account_number),
+                    amount_fen: to_restricted,
+                    kind: TransferKind::Refund,
+                    corrects: id,
+                    meal_period: MealPeriod::Unspecified,
+                    timestamp_ms: work.now_ms,
+                    continues: to_main > 0,
+                },
             );
         }
         work.held.push(Movement {
@@ -1122,12 +1069,10 @@ impl ShardWriter {
             .insert(id, SaleMark { refunded_fen: mark.refunded_fen + fen, reversed: false });
         let mut entry = Self::record(
             work,
-            terminal,
-            sequence,
+            origin,
             MessageType::Refund,
             AnswerCode::Approved,
             Some(first_id),
-            card_number,
             amount,
             after,
         );
@@ -1146,20 +1091,12 @@ impl ShardWriter {
         reversal: &Reversal,
     ) -> WindowEntry {
         let card_number = reversal.card_number;
+        let origin = Origin { terminal_id: terminal.id, sequence, card_number };
         let amount = reversal.amount_fen;
         let original_sequence = reversal.original_sequence;
         let answer = |work: &mut Work, code, first: Option<u64>, balances, flags| {
-            let entry = Self::record(
-                work,
-                terminal,
-                sequence,
-                MessageType::Reversal,
-                code,
-                first,
-                card_number,
-                amount,
-                balances,
-            );
+            let entry =
+                Self::record(work, origin, MessageType::Reversal, code, first, amount, balances);
             if let Some(last) = work.entries.last_mut() {
                 last.aux = original_sequence;
                 last.flags = flags;
@@ -1225,17 +1162,17 @@ impl ShardWriter {
             let spent_back = if same_day { -(main + restricted) } else { 0 };
             for part in std::iter::once(first).chain(second) {
                 work.transfer(
-                    part.credit,
-                    part.debit,
-                    part.amount_fen,
-                    TransferKind::Reversal,
-                    terminal,
-                    sequence,
-                    part.id,
-                    card_number,
-                    part.meal_period,
-                    work.now_ms,
-                    part.id != first.id,
+                    origin,
+                    Leg {
+                        debit: part.credit,
+                        credit: part.debit,
+                        amount_fen: part.amount_fen,
+                        kind: TransferKind::Reversal,
+                        corrects: part.id,
+                        meal_period: part.meal_period,
+                        timestamp_ms: work.now_ms,
+                        continues: part.id != first.id,
+                    },
                 );
             }
             if same_day {
@@ -1266,17 +1203,17 @@ impl ShardWriter {
                 spent_fen: 0,
             });
             work.transfer(
-                first.credit,
-                first.debit,
-                fen,
-                TransferKind::Reversal,
-                terminal,
-                sequence,
-                first.id,
-                card_number,
-                MealPeriod::Unspecified,
-                work.now_ms,
-                false,
+                origin,
+                Leg {
+                    debit: first.credit,
+                    credit: first.debit,
+                    amount_fen: fen,
+                    kind: TransferKind::Reversal,
+                    corrects: first.id,
+                    meal_period: MealPeriod::Unspecified,
+                    timestamp_ms: work.now_ms,
+                    continues: false,
+                },
             );
         }
         if let Some(original) =
@@ -1312,32 +1249,22 @@ impl ShardWriter {
         sequence: u64,
         record: &OfflineRecord,
     ) -> OfflineResult {
+        let origin = Origin { terminal_id: terminal.id, sequence, card_number: record.card_number };
         let note = |work: &mut Work, code, first: Option<u64>, balance_fen, flags, reference| {
-            let transfer_count = first.map_or(0, |first| work.next_id() - first);
-            let transfer_index = first.map_or(0, |first| first - work.first_transfer_id);
-            work.entries.push(Entry {
-                terminal_id: terminal.id,
-                sequence,
-                message_type: MessageType::OfflineUpload,
-                code,
-                transfer_index: u32::try_from(transfer_index).expect("batch transfers fit u32"),
-                transfer_count: u8::try_from(transfer_count).expect("at most two transfers"),
-                card_number: record.card_number,
-                amount_fen: record.amount_fen,
-                balance_fen,
-                restricted_balance_fen: 0,
-                aux: record.sequence,
-                reference,
-                flags,
-            });
+            let kind = MessageType::OfflineUpload;
+            Self::record(work, origin, kind, code, first, record.amount_fen, (balance_fen, 0));
+            if let Some(last) = work.entries.last_mut() {
+                last.aux = record.sequence;
+                last.reference = reference;
+                last.flags = flags;
+            }
             let transfer_id = first.unwrap_or(reference);
             if flags & Entry::DUPLICATE == 0 {
                 work.offline_records.insert((terminal.id, record.sequence), (code, transfer_id));
             }
             OfflineResult { sequence: record.sequence, code, transfer_id, balance_fen }
         };
-        if let Some((code, transfer_id)) = self.offline_seen(work, terminal.id, record.sequence) {
-            let _ = code;
+        if let Some(transfer_id) = self.offline_seen(work, terminal.id, record.sequence) {
             return note(work, AnswerCode::Duplicate, None, 0, Entry::DUPLICATE, transfer_id);
         }
         if record.amount_fen == 0 {
@@ -1390,37 +1317,31 @@ impl ShardWriter {
         drop(state);
         let code = quarantine.unwrap_or(AnswerCode::InsufficientFunds);
         let first = work.transfer(
-            AccountId::single(crate::account::AccountKind::Suspense),
-            AccountId::merchant(terminal.merchant_id),
-            fen,
-            TransferKind::OfflineQuarantine,
-            terminal,
-            sequence,
-            0,
-            record.card_number,
-            record.meal_period,
-            taken_at,
-            false,
+            origin,
+            Leg {
+                debit: AccountId::single(crate::account::AccountKind::Suspense),
+                credit: AccountId::merchant(terminal.merchant_id),
+                amount_fen: fen,
+                kind: TransferKind::OfflineQuarantine,
+                corrects: 0,
+                meal_period: record.meal_period,
+                timestamp_ms: taken_at,
+                continues: false,
+            },
         );
         note(work, code, Some(first), balance_fen, Entry::QUARANTINED, 0)
     }
 
-    fn offline_seen(
-        &self,
-        work: &Work,
-        terminal_id: u32,
-        sequence: u64,
-    ) -> Option<(AnswerCode, u64)> {
-        if let Some(seen) = work.offline_records.get(&(terminal_id, sequence)) {
-            return Some(*seen);
+    /// The transfer an offline record was posted or quarantined under (0 if it was
+    /// refused), if the record has been seen before.
+    fn offline_seen(&self, work: &Work, terminal_id: u32, sequence: u64) -> Option<u64> {
+        if let Some((_, transfer_id)) = work.offline_records.get(&(terminal_id, sequence)) {
+            return Some(*transfer_id);
         }
-        let journal = self.shared.store.cf(&journal_cf(self.id));
+        let journal = self.shared.store.cf(&self.journal);
         let bytes =
             self.shared.store.db().get_cf(journal, offline_key(terminal_id, sequence)).ok()??;
-        let code =
-            AnswerCode::from_wire(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?)).ok()?;
-        let transfer_id = u64::from_le_bytes(bytes.get(2..10)?.try_into().ok()?);
-        Some((code, transfer_id))
+        Some(bytes.get(2..10).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes))
     }
 }
 
@@ -1461,6 +1382,34 @@ const fn state_code(state: CardState) -> AnswerCode {
         CardState::Closed => AnswerCode::CardClosed,
         CardState::Replaced => AnswerCode::CardReplaced,
     }
+}
+
+/// A purchase's checks at the card, in order, and its debit, all under the account's
+/// lock: state and expiry, the per-purchase and daily limits, the PIN above the no-PIN
+/// limit, then the funds.
+fn debit_purchase(
+    state: &mut AccountState,
+    card: &CardEntry,
+    terminal: &Terminal,
+    submission: &Submission,
+    purchase: &Purchase,
+    date: BusinessDate,
+) -> Result<Debit, AnswerCode> {
+    usable(card, state, date)?;
+    let fen = i64::from(purchase.amount_fen);
+    if fen > state.limits.transaction_fen_max {
+        return Err(AnswerCode::TransactionLimit);
+    }
+    if state.spent_on(date) + fen > state.limits.daily_fen_max {
+        return Err(AnswerCode::DailyLimit);
+    }
+    if fen > state.limits.no_pin_fen_max {
+        check_pin(state, terminal, submission, purchase)?;
+    }
+    let utility = terminal.category == MerchantCategory::Utility;
+    let debit = take(state, fen, utility).ok_or(AnswerCode::InsufficientFunds)?;
+    state.add_spent(date, fen);
+    Ok(debit)
 }
 
 /// Takes `fen` from a card: the restricted purse first at a utility, then the main.
@@ -1557,9 +1506,4 @@ pub(crate) struct RecoveredShard {
     pub next_batch: u64,
     pub last_date: u32,
     pub windows: HashMap<u32, TerminalWindow>,
-}
-
-/// Where `seek_key` finds a transfer's batch: used by the ledger's queries too.
-pub(crate) fn seek_batch_key(transfer_id: u64) -> [u8; 16] {
-    seek_key(transfer_id)
 }

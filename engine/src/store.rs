@@ -46,6 +46,16 @@ pub const KEY_BUSINESS_DATE: &[u8] = b"business_date";
 /// ever committed, kept beside the per-card balances so `verify` can compare them.
 pub const KEY_CARD_POOL: &[u8] = b"card_pool";
 
+/// A key of one prefix byte and a big-endian number: how the control column family and
+/// a shard journal's non-batch keys are built.
+#[must_use]
+pub fn prefixed_key(prefix: u8, number: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + number.len());
+    key.push(prefix);
+    key.extend_from_slice(number);
+    key
+}
+
 /// Prefixes of the control column family's keys.
 pub mod control_key {
     /// `c` ++ card number (8, BE) → card account number (8, BE) ++ replaced-at ms
@@ -61,15 +71,6 @@ pub mod control_key {
     pub const BLACKLIST: u8 = b'b';
     /// `n` ++ name → the next number to hand out (8, BE).
     pub const COUNTER: u8 = b'n';
-
-    /// A key of `prefix` and a big-endian number.
-    #[must_use]
-    pub fn key(prefix: u8, number: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(1 + number.len());
-        key.push(prefix);
-        key.extend_from_slice(number);
-        key
-    }
 }
 
 /// Prefixes of a shard journal's non-batch keys. Batch keys start with the shard

@@ -46,12 +46,20 @@ impl TempDir {
     /// If the directory cannot be created.
     #[must_use]
     pub fn new(label: &str) -> Self {
+        Self::try_new(label).expect("create a temp dir")
+    }
+
+    /// Creates `onecard-<label>-<pid>-<n>`, or says why it cannot.
+    ///
+    /// # Errors
+    /// If the directory cannot be created.
+    pub fn try_new(label: &str) -> std::io::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("onecard-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        Self(path)
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
     }
 
     /// The directory.

@@ -51,7 +51,7 @@ fn main() -> Result<(), String> {
     let path = match &args.data_dir {
         Some(path) => path.clone(),
         None => {
-            temp = TempDir::new("onecard-restart").map_err(|e| e.to_string())?;
+            temp = TempDir::try_new("restart").map_err(|e| e.to_string())?;
             temp.path().to_owned()
         }
     };

@@ -622,7 +622,7 @@ fn store_dir(args: &Args) -> Result<(PathBuf, Option<TempDir>), String> {
             Ok((dir.clone(), None))
         }
         None => {
-            let temp = TempDir::new("onecard-ledger-throughput")
+            let temp = TempDir::try_new("ledger-throughput")
                 .map_err(|e| format!("temporary directory: {e}"))?;
             Ok((temp.path().to_path_buf(), Some(temp)))
         }

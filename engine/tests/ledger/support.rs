@@ -1,8 +1,6 @@
 //! A small campus on a temporary store, and helpers that read as scenarios.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use onecard_engine::cards::{CardType, LimitOverrides};
 use onecard_engine::directory::MerchantCategory;
@@ -12,31 +10,8 @@ use onecard_protocol::message::{
     BalanceInquiry, Purchase, Refund, Reversal, TopUp, TransferAnswer,
 };
 use onecard_protocol::{Answer, Channel, MacAlgorithm, MealPeriod, Request, TerminalKey};
+use onecard_tests::TempDir;
 use rust_decimal::Decimal;
-
-/// A directory removed when dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("onecard-ledger-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Terminals of the test campus.
 #[derive(Debug, Clone, Copy)]
