@@ -12,10 +12,8 @@ use std::collections::VecDeque;
 use onecard_engine::cards::{CardType, LimitOverrides};
 use onecard_engine::directory::MerchantCategory;
 use onecard_engine::{ControlError, Ledger, OpenCard, Submission};
-use onecard_protocol::message::{Purchase, Reference, TopUp};
-use onecard_protocol::{
-    Answer, AnswerCode, Channel, MacAlgorithm, MealPeriod, Request, TerminalKey,
-};
+use onecard_protocol::message::{Reference, TopUp};
+use onecard_protocol::{Answer, AnswerCode, Channel, MacAlgorithm, Request, TerminalKey};
 use rust_decimal::Decimal;
 
 /// Card numbers are `CARD_BASE + 1 ..= CARD_BASE + cards`.
@@ -120,17 +118,7 @@ pub fn terminal_key(terminal_id: u32) -> TerminalKey {
     TerminalKey::new([terminal_id.to_le_bytes()[0]; 32])
 }
 
-/// A purchase of `amount_fen` at lunch, without a PIN.
-#[must_use]
-pub const fn purchase(card_number: u64, amount_fen: u32) -> Request {
-    Request::Purchase(Purchase {
-        card_number,
-        amount_fen,
-        meal_period: MealPeriod::Lunch,
-        item_code: 0,
-        pin_block: None,
-    })
-}
+pub use onecard_tests::purchase;
 
 /// A top-up of `amount_fen` at the card-centre counter.
 #[must_use]

@@ -1,7 +1,7 @@
 //! Merchants and terminals: who may post, for whom, through which shard.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use onecard_protocol::TerminalKey;
@@ -40,6 +40,13 @@ pub struct MerchantRecord {
     pub shard: u8,
     /// The university's share of its sales, a fraction (0.015 for 1.5%).
     pub commission_rate: Decimal,
+    /// A disabled merchant's terminals are all refused.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+const fn enabled_by_default() -> bool {
+    true
 }
 
 /// A terminal as the control column family stores it.
@@ -56,7 +63,8 @@ pub struct TerminalRecord {
     pub enabled: bool,
 }
 
-/// A terminal in memory: its record, and what its shard publishes about it.
+/// A terminal in memory: its record, and what its shard and the front door publish
+/// about it.
 #[derive(Debug)]
 pub struct Terminal {
     /// The terminal id.
@@ -67,21 +75,81 @@ pub struct Terminal {
     pub category: MerchantCategory,
     /// The shard that owns it.
     pub shard: u8,
-    /// Its key.
-    pub key: TerminalKey,
+    /// Its key; replaced when the card centre rotates it.
+    key: RwLock<TerminalKey>,
+    /// Bumped on every key rotation and every disable, so a session signed on under
+    /// the old key (or while enabled) notices and ends.
+    pub key_generation: AtomicU32,
     /// Whether it may post.
     pub enabled: AtomicBool,
+    /// Whether its merchant may take payments; shared by the merchant's terminals.
+    pub merchant_enabled: Arc<AtomicBool>,
     /// The highest sequence its shard has answered, published for sign-on.
     pub last_sequence: AtomicU64,
     /// The blacklist version it last said it holds.
     pub blacklist_version: AtomicU64,
+    /// When a frame from it last arrived, ms since the epoch (0: never since start).
+    pub last_seen_ms: AtomicU64,
+    /// Its clock minus the server's at its last sign-on or heartbeat, ms.
+    pub clock_skew_ms: AtomicI64,
+    /// The software version it reported at sign-on.
+    pub software_version: AtomicU32,
+    /// Signed-on sessions it has open now (normally 0 or 1).
+    pub sessions: AtomicU32,
 }
 
 impl Terminal {
-    /// Whether it may post.
+    /// A terminal with nothing yet published about it.
+    #[must_use]
+    pub fn new(
+        id: u32,
+        merchant: &MerchantRecord,
+        merchant_enabled: Arc<AtomicBool>,
+        key: TerminalKey,
+        enabled: bool,
+    ) -> Self {
+        Self {
+            id,
+            merchant_id: merchant.id,
+            category: merchant.category,
+            shard: merchant.shard,
+            key: RwLock::new(key),
+            key_generation: AtomicU32::new(0),
+            enabled: AtomicBool::new(enabled),
+            merchant_enabled,
+            last_sequence: AtomicU64::new(0),
+            blacklist_version: AtomicU64::new(0),
+            last_seen_ms: AtomicU64::new(0),
+            clock_skew_ms: AtomicI64::new(0),
+            software_version: AtomicU32::new(0),
+            sessions: AtomicU32::new(0),
+        }
+    }
+
+    /// Whether it may post: it and its merchant are both enabled.
     #[must_use]
     pub fn is_enabled(&self) -> bool {
-        self.enabled.load(Ordering::Acquire)
+        self.enabled.load(Ordering::Acquire) && self.merchant_enabled.load(Ordering::Acquire)
+    }
+
+    /// Its current key.
+    #[must_use]
+    pub fn key(&self) -> TerminalKey {
+        self.key.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces its key and ends every session signed on under the old one.
+    pub fn set_key(&self, key: TerminalKey) {
+        *self.key.write().unwrap_or_else(PoisonError::into_inner) = key;
+        self.key_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Enables or disables it; disabling ends its sessions.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Release);
+        if !enabled {
+            self.key_generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -90,6 +158,8 @@ impl Terminal {
 pub struct Directory {
     merchants: RwLock<HashMap<u32, Arc<MerchantRecord>>>,
     terminals: RwLock<HashMap<u32, Arc<Terminal>>>,
+    /// Each merchant's enabled flag, shared with its terminals.
+    merchant_flags: RwLock<HashMap<u32, Arc<AtomicBool>>>,
 }
 
 impl Directory {
@@ -105,8 +175,21 @@ impl Directory {
         self.terminals.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
     }
 
-    /// Adds or replaces a merchant.
+    /// The enabled flag merchant `id`'s terminals share (created enabled if new).
+    #[must_use]
+    pub fn merchant_flag(&self, id: u32) -> Arc<AtomicBool> {
+        Arc::clone(
+            self.merchant_flags
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(id)
+                .or_insert_with(|| Arc::new(AtomicBool::new(true))),
+        )
+    }
+
+    /// Adds or replaces a merchant, and sets its terminals' shared enabled flag.
     pub fn insert_merchant(&self, merchant: MerchantRecord) {
+        self.merchant_flag(merchant.id).store(merchant.enabled, Ordering::Release);
         self.merchants
             .write()
             .unwrap_or_else(PoisonError::into_inner)

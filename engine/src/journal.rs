@@ -79,7 +79,8 @@ pub enum TransferKind {
 }
 
 impl TransferKind {
-    const ALL: [Self; 14] = [
+    /// Every kind, in code order.
+    pub const ALL: [Self; 14] = [
         Self::Purchase,
         Self::TopUp,
         Self::Refund,
@@ -100,6 +101,27 @@ impl TransferKind {
     #[must_use]
     pub fn from_byte(byte: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| *kind as u8 == byte)
+    }
+
+    /// The kind's name in snake case: metric labels and API fields.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Purchase => "purchase",
+            Self::TopUp => "top_up",
+            Self::Refund => "refund",
+            Self::Reversal => "reversal",
+            Self::OfflinePurchase => "offline_purchase",
+            Self::OfflineQuarantine => "offline_quarantine",
+            Self::Deposit => "deposit",
+            Self::CardFee => "card_fee",
+            Self::CloseBalance => "close_balance",
+            Self::CloseDeposit => "close_deposit",
+            Self::Subsidy => "subsidy",
+            Self::Adjustment => "adjustment",
+            Self::SettlementPayout => "settlement_payout",
+            Self::Commission => "commission",
+        }
     }
 
     /// Whether a refund may point at a transfer of this kind.

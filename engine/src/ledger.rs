@@ -27,6 +27,7 @@ use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 
 use crate::account::{AccountId, AccountKind};
+use crate::audit::{AuditEntry, AuditLog, AuditRecord};
 use crate::cards::Purse;
 use crate::cards::{
     AccountRecord, AccountState, CardAccount, CardEntry, CardMoney, CardTable, CardType,
@@ -38,7 +39,11 @@ use crate::journal::{
     Batch, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key, first_transfer_id,
     journal_of, read_transfer, seek_key,
 };
-use crate::limits::{NAME_BYTES_MAX, SHARD_QUEUE_REQUESTS_MAX, SHARDS_MAX, STATEMENT_PAGE_MAX};
+use crate::limits::{
+    NAME_BYTES_MAX, SHARD_QUEUE_REQUESTS_MAX, SHARDS_MAX, STATEMENT_PAGE_MAX,
+    SUBSIDY_BATCH_ROWS_MAX,
+};
+use crate::metrics::Metrics;
 use crate::postings::{Postings, index_key};
 use crate::shard::{
     Command, RecoveredShard, ShardStats, ShardWriter, Submission, TerminalState, rebuild_window,
@@ -144,6 +149,14 @@ pub enum ControlError {
     /// A test asked this write to fail, as a failed disk write would.
     #[error("write failed (injected fault)")]
     FaultInjected,
+    /// A batch has more rows than one control batch may carry.
+    #[error("{rows} rows; a batch takes at most {max}")]
+    BatchTooLarge {
+        /// Rows given.
+        rows: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The system has no randomness for a PIN salt.
     #[error("no randomness for a PIN salt")]
     Random,
@@ -255,6 +268,8 @@ pub(crate) struct Shared {
     pub cards: CardTable,
     pub directory: Directory,
     pub config: LedgerConfig,
+    pub metrics: Arc<Metrics>,
+    audit: AuditLog,
     business_date: AtomicU32,
     blacklist_version: AtomicU64,
     control: Mutex<ControlState>,
@@ -372,11 +387,14 @@ impl Ledger {
         }
         let shards = store.shards();
         let blacklist_version = control.blacklist_version;
+        let audit = AuditLog::open(&store)?;
         let shared = Arc::new(Shared {
             store,
             cards,
             directory,
             config,
+            metrics: Arc::new(Metrics::new(shards)),
+            audit,
             business_date: AtomicU32::new(date.to_yyyymmdd()),
             blacklist_version: AtomicU64::new(blacklist_version),
             control: Mutex::new(control),
@@ -450,7 +468,7 @@ impl Ledger {
                         corrupt("terminal", format!("merchant {}", record.merchant_id))
                     })?;
                     control.next_terminal = control.next_terminal.max(record.id + 1);
-                    directory.insert_terminal(terminal_from(&record, merchant)?);
+                    directory.insert_terminal(terminal_from(&record, merchant, directory)?);
                 }
                 Some(control_key::ACCOUNT) => {
                     let record: AccountRecord =
@@ -498,17 +516,23 @@ impl Ledger {
         match &submission.request {
             Request::SignOn(sign_on) => {
                 terminal.blacklist_version.store(sign_on.blacklist_version, Ordering::Release);
-                let code = if terminal.is_enabled() {
-                    AnswerCode::Approved
-                } else {
+                terminal.software_version.store(sign_on.software_version, Ordering::Relaxed);
+                let last_sequence = terminal.last_sequence.load(Ordering::Acquire);
+                let code = if !terminal.is_enabled() {
                     AnswerCode::TerminalDisabled
+                } else if submission.sequence <= last_sequence {
+                    // A terminal that lost its counter: the answer tells it where to
+                    // resume, and it signs on again above that.
+                    AnswerCode::StaleSequence
+                } else {
+                    AnswerCode::Approved
                 };
                 let _ = reply.send(Answer::SignOn(SignOnAnswer {
                     code,
                     server_time_ms: now_ms(),
                     business_date: self.shared.business_date().to_yyyymmdd(),
                     blacklist_version: self.blacklist_version(),
-                    last_sequence: terminal.last_sequence.load(Ordering::Acquire),
+                    last_sequence,
                 }));
                 return answer;
             }
@@ -637,6 +661,91 @@ impl Ledger {
             .collect()
     }
 
+    /// The engine's metrics.
+    #[must_use]
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Brings the gauges that mirror state up to date: shard queues and health, the
+    /// card pool, the business date, and RocksDB's health. Called when `/metrics` is
+    /// scraped.
+    pub fn refresh_metrics(&self) {
+        let metrics = &self.shared.metrics;
+        for health in self.health() {
+            let shard = health.shard.to_string();
+            let depth = i64::try_from(health.queue_depth).unwrap_or(i64::MAX);
+            metrics.shard_queue_depth.with_label_values(&[&shard]).set(depth);
+            metrics.shard_poisoned.with_label_values(&[&shard]).set(i64::from(health.poisoned));
+        }
+        match self.card_pool_fen() {
+            Ok(total) => metrics.card_pool_fen.set(total),
+            Err(error) => tracing::warn!(%error, "reading the card pool for metrics"),
+        }
+        metrics.cards.set(i64::try_from(self.shared.cards.len()).unwrap_or(i64::MAX));
+        metrics.business_date.set(i64::from(self.business_date().to_yyyymmdd()));
+        metrics.blacklist_version.set(i64::try_from(self.blacklist_version()).unwrap_or(0));
+        let db = self.shared.store.db();
+        let sum = |property: &str| -> i64 {
+            self.shared
+                .store
+                .family_names()
+                .iter()
+                .filter_map(|name| {
+                    db.property_int_value_cf(self.shared.store.cf(name), property).ok().flatten()
+                })
+                .map(|value| i64::try_from(value).unwrap_or(i64::MAX))
+                .fold(0i64, i64::saturating_add)
+        };
+        let db_int = |property: &str| -> i64 {
+            db.property_int_value(property)
+                .ok()
+                .flatten()
+                .map_or(0, |value| i64::try_from(value).unwrap_or(i64::MAX))
+        };
+        metrics.rocksdb_write_stopped.set(db_int("rocksdb.is-write-stopped"));
+        metrics.rocksdb_delayed_write_rate_bytes.set(db_int("rocksdb.actual-delayed-write-rate"));
+        metrics.rocksdb_background_errors.set(db_int("rocksdb.background-errors"));
+        metrics
+            .rocksdb_pending_compaction_bytes
+            .set(sum("rocksdb.estimate-pending-compaction-bytes"));
+        metrics.rocksdb_sst_bytes.set(sum("rocksdb.live-sst-files-size"));
+        metrics.rocksdb_memtable_bytes.set(sum("rocksdb.cur-size-all-mem-tables"));
+    }
+
+    /// Appends a record to the audit log, synced.
+    ///
+    /// # Errors
+    /// If the write fails.
+    pub fn audit(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord, rocksdb::Error> {
+        self.shared.audit.append(&self.shared.store, entry)
+    }
+
+    /// Audit records newest first, below sequence `before`.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn audit_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, rocksdb::Error> {
+        AuditLog::page(&self.shared.store, before, limit)
+    }
+
+    /// The card pool: the control total of every card movement committed, in fen. It
+    /// equals the sum of all card balances (`verify` proves it).
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn card_pool_fen(&self) -> Result<i64, rocksdb::Error> {
+        let balances = self.shared.store.cf(CF_BALANCES);
+        let value = self.shared.store.db().get_cf(balances, crate::store::KEY_CARD_POOL)?;
+        Ok(value
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, i64::from_le_bytes))
+    }
+
     // ----- merchants and terminals -----
 
     /// Creates a merchant on the next shard in turn.
@@ -656,7 +765,14 @@ impl Ledger {
         let mut control = self.control();
         let id = control.next_merchant;
         let shard = u8::try_from(id % u32::from(self.shards())).unwrap_or(0);
-        let record = MerchantRecord { id, name: name.to_owned(), category, shard, commission_rate };
+        let record = MerchantRecord {
+            id,
+            name: name.to_owned(),
+            category,
+            shard,
+            commission_rate,
+            enabled: true,
+        };
         let mut write = WriteBatch::default();
         write.put_cf(
             self.shared.store.cf(CF_CONTROL),
@@ -686,15 +802,15 @@ impl Ledger {
         let mut control = self.control();
         let id = control.next_terminal;
         let record = TerminalRecord { id, merchant_id, key: key.to_hex(), enabled: true };
-        self.write_terminal(&record)?;
+        self.write_terminal_record(&record)?;
         control.next_terminal += 1;
-        let terminal =
-            terminal_from(&record, &merchant).map_err(|_| ControlError::UnknownTerminal(id))?;
+        let terminal = terminal_from(&record, &merchant, &self.shared.directory)
+            .map_err(|_| ControlError::UnknownTerminal(id))?;
         self.shared.directory.insert_terminal(terminal);
         Ok(record)
     }
 
-    /// Enables or disables a terminal.
+    /// Enables or disables a terminal. Disabling ends its open sessions.
     ///
     /// # Errors
     /// [`ControlError::UnknownTerminal`], or a failed write.
@@ -703,24 +819,56 @@ impl Ledger {
         terminal_id: u32,
         enabled: bool,
     ) -> Result<(), ControlError> {
-        let terminal = self
-            .shared
-            .directory
-            .terminal(terminal_id)
-            .ok_or(ControlError::UnknownTerminal(terminal_id))?;
+        let terminal = self.known_terminal(terminal_id)?;
         let _control = self.control();
-        let record = TerminalRecord {
-            id: terminal.id,
-            merchant_id: terminal.merchant_id,
-            key: terminal.key.to_hex(),
-            enabled,
-        };
-        self.write_terminal(&record)?;
-        terminal.enabled.store(enabled, Ordering::Release);
+        self.write_terminal(&terminal, &terminal.key(), enabled)?;
+        terminal.set_enabled(enabled);
         Ok(())
     }
 
-    fn write_terminal(&self, record: &TerminalRecord) -> Result<(), ControlError> {
+    /// Installs a new key for a terminal (the card centre loads the same key into the
+    /// device). Sessions signed on under the old key end; the terminal signs on again.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownTerminal`], or a failed write.
+    pub fn rotate_terminal_key(
+        &self,
+        terminal_id: u32,
+        key: &TerminalKey,
+    ) -> Result<(), ControlError> {
+        let terminal = self.known_terminal(terminal_id)?;
+        let _control = self.control();
+        self.write_terminal(&terminal, key, terminal.enabled.load(Ordering::Acquire))?;
+        terminal.set_key(key.clone());
+        Ok(())
+    }
+
+    fn known_terminal(&self, terminal_id: u32) -> Result<Arc<Terminal>, ControlError> {
+        self.shared
+            .directory
+            .terminal(terminal_id)
+            .ok_or(ControlError::UnknownTerminal(terminal_id))
+    }
+
+    fn write_terminal(
+        &self,
+        terminal: &Terminal,
+        key: &TerminalKey,
+        enabled: bool,
+    ) -> Result<(), ControlError> {
+        let record = TerminalRecord {
+            id: terminal.id,
+            merchant_id: terminal.merchant_id,
+            key: key.to_hex(),
+            enabled,
+        };
+        self.write_terminal_record(&record)
+    }
+
+    fn write_terminal_record(&self, record: &TerminalRecord) -> Result<(), ControlError> {
+        if self.shared.fail_next_write(CONTROL_JOURNAL) {
+            return Err(ControlError::FaultInjected);
+        }
         let key = prefixed_key(control_key::TERMINAL, &record.id.to_be_bytes());
         self.shared.store.db().put_cf_opt(
             self.shared.store.cf(CF_CONTROL),
@@ -729,6 +877,70 @@ impl Ledger {
             &synced(),
         )?;
         Ok(())
+    }
+
+    /// Sets a merchant's commission rate. Settlement applies the rate on record when
+    /// it settles a date.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownMerchant`], a rate outside 0 to 1, or a failed write.
+    pub fn set_commission_rate(
+        &self,
+        merchant_id: u32,
+        commission_rate: Decimal,
+    ) -> Result<MerchantRecord, ControlError> {
+        if commission_rate < Decimal::ZERO || commission_rate >= Decimal::ONE {
+            return Err(ControlError::InvalidRate(commission_rate));
+        }
+        self.update_merchant(merchant_id, |record| record.commission_rate = commission_rate)
+    }
+
+    /// Enables or disables a merchant: a disabled merchant's terminals are all
+    /// refused, and their sessions end.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownMerchant`], or a failed write.
+    pub fn set_merchant_enabled(
+        &self,
+        merchant_id: u32,
+        enabled: bool,
+    ) -> Result<MerchantRecord, ControlError> {
+        let record = self.update_merchant(merchant_id, |record| record.enabled = enabled)?;
+        if !enabled {
+            for terminal in self.shared.directory.terminals() {
+                if terminal.merchant_id == merchant_id {
+                    terminal.key_generation.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+        Ok(record)
+    }
+
+    fn update_merchant(
+        &self,
+        merchant_id: u32,
+        change: impl FnOnce(&mut MerchantRecord),
+    ) -> Result<MerchantRecord, ControlError> {
+        let _control = self.control();
+        let mut record = MerchantRecord::clone(
+            &*self
+                .shared
+                .directory
+                .merchant(merchant_id)
+                .ok_or(ControlError::UnknownMerchant(merchant_id))?,
+        );
+        change(&mut record);
+        if self.shared.fail_next_write(CONTROL_JOURNAL) {
+            return Err(ControlError::FaultInjected);
+        }
+        self.shared.store.db().put_cf_opt(
+            self.shared.store.cf(CF_CONTROL),
+            prefixed_key(control_key::MERCHANT, &merchant_id.to_be_bytes()),
+            json(&record),
+            &synced(),
+        )?;
+        self.shared.directory.insert_merchant(record.clone());
+        Ok(record)
     }
 
     /// The merchant `id`.
@@ -1176,6 +1388,89 @@ impl Ledger {
         self.card(card_number).ok_or(ControlError::UnknownCard(card_number))
     }
 
+    /// Posts a batch of subsidies (补助) from subsidy funding in one synced control
+    /// batch. Every row that can post does; a row that cannot (bad amount; unknown,
+    /// replaced or closed card) gets its error in the returned list, in row order, and
+    /// the rest still post. The subsidy workflow and the demo campus use it.
+    ///
+    /// # Errors
+    /// [`ControlError::BatchTooLarge`] above [`SUBSIDY_BATCH_ROWS_MAX`] rows, or a
+    /// failed write (then nothing posted).
+    pub fn post_subsidies(
+        &self,
+        rows: &[SubsidyRow],
+    ) -> Result<Vec<Result<(), ControlError>>, ControlError> {
+        if rows.len() > SUBSIDY_BATCH_ROWS_MAX {
+            return Err(ControlError::BatchTooLarge {
+                rows: rows.len(),
+                max: SUBSIDY_BATCH_ROWS_MAX,
+            });
+        }
+        let mut outcomes: Vec<Result<(), ControlError>> = Vec::with_capacity(rows.len());
+        let mut accounts: Vec<Arc<CardAccount>> = Vec::new();
+        let mut row_accounts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let account = if (1..=i64::from(u32::MAX)).contains(&row.amount_fen) {
+                self.current(row.card_number, "post a subsidy")
+            } else {
+                Err(ControlError::InvalidAmount(row.amount_fen))
+            };
+            match account {
+                Ok(account) => {
+                    row_accounts.push(Some(Arc::clone(&account)));
+                    accounts.push(account);
+                    outcomes.push(Ok(()));
+                }
+                Err(error) => {
+                    row_accounts.push(None);
+                    outcomes.push(Err(error));
+                }
+            }
+        }
+        // Lock every account once, in account order (the order every multi-card
+        // operation takes them in), then the control journal.
+        accounts.sort_by_key(|account| account.number);
+        accounts.dedup_by_key(|account| account.number);
+        let mut guards: HashMap<u64, std::sync::MutexGuard<'_, AccountState>> =
+            accounts.iter().map(|account| (account.number, account.lock())).collect();
+        let mut transfers = Vec::new();
+        let mut credits = Vec::new();
+        for ((row, account), outcome) in rows.iter().zip(&row_accounts).zip(&mut outcomes) {
+            let Some(account) = account else { continue };
+            let Some(state) = guards.get(&account.number) else { continue };
+            if let Err(error) = not_closed(state, row.card_number, "post a subsidy") {
+                *outcome = Err(error);
+                continue;
+            }
+            transfers.push(ControlTransfer {
+                debit: AccountId::single(AccountKind::SubsidyFunding),
+                credit: match row.purse {
+                    Purse::Main => AccountId::card(account.number),
+                    Purse::Restricted => AccountId::card_restricted(account.number),
+                },
+                amount_fen: row.amount_fen,
+                kind: TransferKind::Subsidy,
+                card_number: row.card_number,
+            });
+            credits.push((account.number, row.purse, row.amount_fen));
+        }
+        if transfers.is_empty() {
+            return Ok(outcomes);
+        }
+        let mut control = self.control();
+        self.commit_control(&mut control, &transfers, |_, _| {})?;
+        drop(control);
+        for (account_number, purse, amount_fen) in credits {
+            if let Some(state) = guards.get_mut(&account_number) {
+                match purse {
+                    Purse::Main => state.balance_fen += amount_fen,
+                    Purse::Restricted => state.restricted_fen += amount_fen,
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// Writes one control batch: the transfers (with their balance merges and index
     /// keys) and whatever records `records` adds, synced.
     fn commit_control(
@@ -1479,10 +1774,7 @@ impl Ledger {
         // Everything is already durable in the log; flushing the memtables now means
         // the next open does not replay it.
         let store = &self.shared.store;
-        let mut families = vec![CF_META, CF_CONTROL, CF_BALANCES, CF_INDEX];
-        let journals: Vec<String> = (0..store.shards()).map(journal_cf).collect();
-        families.extend(journals.iter().map(String::as_str));
-        families.push(crate::store::CF_JOURNAL_CONTROL);
+        let families: Vec<&str> = store.family_names().iter().map(String::as_str).collect();
         for name in families {
             if let Err(error) = store.db().flush_cf(store.cf(name)) {
                 tracing::warn!(%error, family = name, "flush at close failed; the next open replays the log");
@@ -1495,6 +1787,17 @@ impl Drop for Ledger {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// One row of a subsidy batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubsidyRow {
+    /// The card credited.
+    pub card_number: u64,
+    /// Amount in fen, positive.
+    pub amount_fen: i64,
+    /// The purse credited.
+    pub purse: Purse,
 }
 
 /// A control-plane transfer before it has an id.
@@ -1562,18 +1865,16 @@ fn put_blacklist(
 fn terminal_from(
     record: &TerminalRecord,
     merchant: &MerchantRecord,
+    directory: &Directory,
 ) -> Result<Terminal, LedgerError> {
     let key = TerminalKey::from_hex(&record.key).map_err(|e| corrupt("terminal key", e))?;
-    Ok(Terminal {
-        id: record.id,
-        merchant_id: record.merchant_id,
-        category: merchant.category,
-        shard: merchant.shard,
+    Ok(Terminal::new(
+        record.id,
+        merchant,
+        directory.merchant_flag(merchant.id),
         key,
-        enabled: AtomicBool::new(record.enabled),
-        last_sequence: AtomicU64::new(0),
-        blacklist_version: AtomicU64::new(0),
-    })
+        record.enabled,
+    ))
 }
 
 /// The last batch a journal committed.

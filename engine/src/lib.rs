@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`limits`] — every bound the engine works within, named in one place.
 //! - [`account`] — the chart of accounts: what an account id means.
+//! - [`audit`] — the append-only audit log of operators' actions.
 //! - [`date`] — business dates and the clock.
 //! - [`journal`] — transfers, entries and the batch record a shard commits.
 //! - [`cards`] — card accounts, limits, PINs, and the in-memory card table.
@@ -15,10 +16,12 @@
 //! - [`shard`] — a shard's writer thread: decide a batch, commit it, answer.
 //! - [`ledger`] — opening and recovery, submission, control operations, queries.
 //! - [`verify`] — proving the invariants from disk.
+//! - [`metrics`] — the Prometheus metrics the engine keeps.
 //! - [`store`] — the RocksDB store: column families, key layout, merge operator.
 //! - [`frontdoor`] — the TCP listener and per-connection tasks terminals talk to.
 
 pub mod account;
+pub mod audit;
 pub mod cards;
 pub mod date;
 pub mod directory;
@@ -26,6 +29,7 @@ pub mod frontdoor;
 pub mod journal;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod postings;
 pub mod shard;
 pub mod store;
@@ -33,6 +37,6 @@ pub mod verify;
 
 pub use account::{AccountId, AccountKind};
 pub use date::BusinessDate;
-pub use ledger::{ControlError, Ledger, LedgerConfig, LedgerError, OpenCard};
+pub use ledger::{ControlError, Ledger, LedgerConfig, LedgerError, OpenCard, SubsidyRow};
 pub use shard::Submission;
 pub use verify::VerifyReport;

@@ -17,6 +17,15 @@ pub const TERMINAL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// a minute cannot hold a connection's buffer.
 pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Answers that cannot be written within this close the connection: a client that
+/// stops reading cannot hold the server's buffers.
+pub const TERMINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At shutdown, how long a connection waits for the answers to requests already in a
+/// shard's queue before it closes without them. Shards commit in milliseconds; this
+/// only bounds a stuck disk.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Unauthenticated frames (unknown terminal) tolerated on one connection before it is
 /// closed.
 pub const UNKNOWN_TERMINAL_FRAMES_MAX: u32 = 3;
@@ -54,6 +63,9 @@ pub const STATEMENT_PAGE_MAX: usize = 200;
 /// Batches of terminal history a terminal's state points at, at most one per
 /// retained answer.
 pub const TERMINAL_HISTORY_BATCHES_MAX: usize = RETRY_WINDOW_REQUESTS;
+
+/// Rows one subsidy batch posts in one control batch.
+pub const SUBSIDY_BATCH_ROWS_MAX: usize = 10_000;
 
 /// Longest name a cardholder, merchant or terminal may have, in bytes.
 pub const NAME_BYTES_MAX: usize = 128;

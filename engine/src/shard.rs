@@ -548,6 +548,7 @@ impl ShardWriter {
                     self.next_batch += 1;
                     self.last_date = date.to_yyyymmdd();
                 }
+                self.count_committed(&work, requests);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.transfers.fetch_add(work.transfers.len() as u64, Ordering::Relaxed);
                 self.stats.requests.fetch_add(requests, Ordering::Relaxed);
@@ -613,9 +614,29 @@ impl ShardWriter {
         let options =
             if self.shared.config.sync { synced() } else { rocksdb::WriteOptions::default() };
         store.db().write_opt(write, &options)?;
-        let elapsed = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats.commit_us_total.fetch_add(elapsed, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        self.shared.metrics.commit_seconds.observe(elapsed.as_secs_f64());
+        let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.stats.commit_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Records a committed batch in the metrics: its size and its transfers by kind.
+    fn count_committed(&self, work: &Work, requests: u64) {
+        let metrics = &self.shared.metrics;
+        #[allow(clippy::cast_precision_loss, reason = "a batch holds at most 4,096 requests")]
+        metrics.batch_requests.observe(requests as f64);
+        let mut by_kind = [0u64; TransferKind::ALL.len()];
+        for transfer in &work.transfers {
+            if let Some(slot) = TransferKind::ALL.iter().position(|k| *k == transfer.kind) {
+                by_kind[slot] += 1;
+            }
+        }
+        for (kind, count) in TransferKind::ALL.iter().zip(by_kind) {
+            if count > 0 {
+                metrics.committed(*kind, count);
+            }
+        }
     }
 
     fn decide(&mut self, work: &mut Work, terminal: &Terminal, submission: &Submission) -> Answer {
@@ -1444,7 +1465,7 @@ fn check_pin(
     let Some(hash) = state.record.pin.as_ref() else {
         return Err(AnswerCode::WrongPin);
     };
-    let opened = MacKey::new(submission.mac_algorithm, &terminal.key).ok().and_then(|key| {
+    let opened = MacKey::new(submission.mac_algorithm, &terminal.key()).ok().and_then(|key| {
         let context = PinContext {
             terminal_id: terminal.id,
             sequence: submission.sequence,

@@ -12,6 +12,8 @@
 //! | `journal-N` | shard N's batches, terminal state, refund marks, offline records |
 //! | `journal-control` | the control plane's batches (deposits, fees, closures) |
 //! | `index` | card statements: (card account, time, transfer id) |
+//! | `audit` | the append-only audit log: sequence → record (see `audit.rs`) |
+//! | `admin` | operators of the admin API, owned by onecard-ops |
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +38,10 @@ pub const CF_BALANCES: &str = "balances";
 pub const CF_INDEX: &str = "index";
 /// Column family of the control plane's journal.
 pub const CF_JOURNAL_CONTROL: &str = "journal-control";
+/// Column family of the append-only audit log.
+pub const CF_AUDIT: &str = "audit";
+/// Column family of the admin API's own records (operators), kept by onecard-ops.
+pub const CF_ADMIN: &str = "admin";
 
 const KEY_FORMAT_VERSION: &[u8] = b"format_version";
 const KEY_SHARDS: &[u8] = b"shards";
@@ -141,6 +147,7 @@ pub struct Store {
     db: DB,
     path: PathBuf,
     shards: u8,
+    families: Vec<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -197,7 +204,7 @@ impl Store {
                 .ok_or(OpenError::Shards { shards })?,
         };
         let mut names: Vec<String> =
-            [CF_META, CF_CONTROL, CF_BALANCES, CF_INDEX, CF_JOURNAL_CONTROL]
+            [CF_META, CF_CONTROL, CF_BALANCES, CF_INDEX, CF_JOURNAL_CONTROL, CF_AUDIT, CF_ADMIN]
                 .map(str::to_owned)
                 .into();
         names.extend((0..shards).map(journal_cf));
@@ -208,7 +215,7 @@ impl Store {
         }
         let families = names.iter().map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(rocks)?;
-        let store = Self { db, path: path.to_owned(), shards };
+        let store = Self { db, path: path.to_owned(), shards, families: names };
         let meta = store.cf(CF_META);
         match store.db.get_cf(meta, KEY_FORMAT_VERSION).map_err(rocks)? {
             None => {
@@ -270,6 +277,12 @@ impl Store {
     #[must_use]
     pub const fn shards(&self) -> u8 {
         self.shards
+    }
+
+    /// Every column family the store has open.
+    #[must_use]
+    pub fn family_names(&self) -> &[String] {
+        &self.families
     }
 
     /// The underlying database.

@@ -37,3 +37,25 @@ fn a_bad_listen_address_is_refused_by_the_parser() {
         onecard().args(["serve", "--terminal-listen", "not-an-address"]).output().expect("runs");
     assert_eq!(output.status.code(), Some(2), "clap's usage error");
 }
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_refused_by_name() {
+    let path = std::env::temp_dir().join(format!("onecard-cli-config-{}.toml", std::process::id()));
+    std::fs::write(&path, "data_dir = \"./x\"\nshards_count = 4\n").expect("write");
+    let output = onecard().arg("serve").arg("--config").arg(&path).output().expect("runs");
+    let _ = std::fs::remove_file(&path);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("shards_count"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn help_names_every_key_with_its_environment_variable() {
+    let output = onecard().args(["serve", "--help"]).output().expect("runs");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for env in ["ONECARD_CONFIG", "ONECARD_ADMIN_LISTEN", "ONECARD_TOKEN_TTL_SECS", "ONECARD_DEMO"]
+    {
+        assert!(help.contains(env), "{env} in {help}");
+    }
+}

@@ -14,6 +14,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// A purchase of `amount_fen` at lunch, without a PIN: the request most scenarios
+/// and benchmarks send.
+#[must_use]
+pub const fn purchase(card_number: u64, amount_fen: u32) -> onecard_protocol::Request {
+    onecard_protocol::Request::Purchase(onecard_protocol::message::Purchase {
+        card_number,
+        amount_fen,
+        meal_period: onecard_protocol::MealPeriod::Lunch,
+        item_code: 0,
+        pin_block: None,
+    })
+}
+
 /// How long a server may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -80,20 +93,39 @@ impl Drop for TempDir {
 pub struct Server {
     child: Child,
     terminal_addr: SocketAddr,
+    admin_addr: SocketAddr,
     data_dir: PathBuf,
 }
 
+/// Parses the ready line, `onecard ready: terminals on A admin on B`.
+fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.strip_prefix("onecard ready: terminals on ")?;
+    let (terminals, admin) = rest.split_once(" admin on ")?;
+    Some((terminals.trim().parse().ok()?, admin.trim().parse().ok()?))
+}
+
 impl Server {
-    /// Starts `onecard serve` on `data_dir` with the terminal port on a free loopback
-    /// port, and waits for its ready line.
+    /// Starts `onecard serve` on `data_dir` with both ports on free loopback ports,
+    /// and waits for its ready line.
     ///
     /// # Panics
     /// If the process does not start or does not get ready in time.
     #[must_use]
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// [`Server::start`] with extra `serve` arguments.
+    ///
+    /// # Panics
+    /// If the process does not start or does not get ready in time.
+    #[must_use]
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(onecard_binary())
-            .args(["serve", "--terminal-listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--terminal-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -103,22 +135,22 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("onecard ready: terminals on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>());
+                if let Some(addrs) = parse_ready(&line) {
+                    let _ = tx.send(addrs);
                 }
             }
         });
         let deadline = Instant::now() + READY_TIMEOUT;
-        let terminal_addr = loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
-                break addr.expect("the ready line carries an address");
+        let (terminal_addr, admin_addr) = loop {
+            if let Ok(addrs) = rx.recv_timeout(Duration::from_millis(100)) {
+                break addrs;
             }
             if let Some(status) = child.try_wait().expect("poll onecard") {
                 panic!("onecard exited before it was ready: {status}");
             }
             assert!(Instant::now() < deadline, "onecard not ready in {READY_TIMEOUT:?}");
         };
-        Self { child, terminal_addr, data_dir: data_dir.to_owned() }
+        Self { child, terminal_addr, admin_addr, data_dir: data_dir.to_owned() }
     }
 
     /// Where terminals connect.
@@ -127,28 +159,121 @@ impl Server {
         self.terminal_addr
     }
 
+    /// Where the admin API listens.
+    #[must_use]
+    pub const fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     /// The server's data directory.
     #[must_use]
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
+    /// The server's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory, from /proc.
     ///
     /// # Panics
-    /// If the process cannot be signalled or does not exit successfully in time.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    /// If /proc cannot be read.
+    #[must_use]
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+
+    /// An HTTP client for the admin API, not yet logged in.
+    #[must_use]
+    pub fn api(&self) -> Api {
+        Api::new(self.admin_addr)
+    }
+
+    /// Logs in as `admin`, first changing the bootstrap password the server wrote to
+    /// `initial-admin-password` (on the first call for a data directory).
+    ///
+    /// # Panics
+    /// If the admin cannot log in.
+    #[must_use]
+    pub fn admin(&self) -> Api {
+        const PASSWORD: &str = "admin-password-for-tests";
+        let mut api = self.api();
+        if api.login("admin", PASSWORD).is_ok() {
+            return api;
+        }
+        let initial = std::fs::read_to_string(self.data_dir.join("initial-admin-password"))
+            .expect("the bootstrap password file");
+        let (status, body) = api.post(
+            "/api/auth/password",
+            &serde_json::json!({
+                "operator": "admin", "password": initial.trim(), "new_password": PASSWORD
+            }),
+        );
+        assert_eq!(status, 200, "change the bootstrap password: {body}");
+        api.login("admin", PASSWORD).expect("admin logs in");
+        api
+    }
+
+    /// Scrapes /metrics.
+    ///
+    /// # Panics
+    /// If the scrape fails.
+    #[must_use]
+    pub fn metrics(&self) -> String {
+        let (status, text) = self.api().get_text("/metrics");
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `KILL`) to the process.
+    ///
+    /// # Panics
+    /// If `kill` cannot be run.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits for the process to exit.
+    ///
+    /// # Panics
+    /// If it does not exit within `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll onecard") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "onecard did not stop within 30 s of SIGTERM");
+            assert!(Instant::now() < deadline, "onecard did not exit within {timeout:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    ///
+    /// # Panics
+    /// If the process cannot be signalled or does not exit in time.
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -156,5 +281,136 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A value of one series in Prometheus text, `name{labels}` exactly as printed (labels
+/// sorted by name), or `None` if absent.
+#[must_use]
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// A blocking client of the admin API.
+#[derive(Debug)]
+pub struct Api {
+    agent: ureq::Agent,
+    base: String,
+    token: Option<String>,
+}
+
+/// A login that was refused: the status and the error body.
+#[derive(Debug)]
+pub struct Refused {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON error.
+    pub body: serde_json::Value,
+}
+
+impl Api {
+    /// A client of the API at `addr`.
+    #[must_use]
+    pub fn new(addr: SocketAddr) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build();
+        Self {
+            agent: ureq::Agent::new_with_config(config),
+            base: format!("http://{addr}"),
+            token: None,
+        }
+    }
+
+    /// Logs in and keeps the token.
+    ///
+    /// # Errors
+    /// The refusal, if the server refuses.
+    pub fn login(&mut self, operator: &str, password: &str) -> Result<(), Refused> {
+        let (status, body) = self.post(
+            "/api/auth/login",
+            &serde_json::json!({ "operator": operator, "password": password }),
+        );
+        if status != 200 {
+            return Err(Refused { status, body });
+        }
+        self.token = body["token"].as_str().map(str::to_owned);
+        Ok(())
+    }
+
+    /// The bearer token, if logged in.
+    #[must_use]
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Uses `token` (or none) from now on.
+    pub fn set_token(&mut self, token: Option<&str>) {
+        self.token = token.map(str::to_owned);
+    }
+
+    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    fn json(
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> (u16, serde_json::Value) {
+        let mut response = response.expect("the admin API answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, body)
+    }
+
+    /// `GET path`: the status and the JSON body.
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    #[must_use]
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::json(self.authorize(self.agent.get(format!("{}{path}", self.base))).call())
+    }
+
+    /// `GET path`: the status and the body as text.
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    #[must_use]
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        let mut response =
+            self.authorize(self.agent.get(format!("{}{path}", self.base))).call().expect("answers");
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().expect("a body"))
+    }
+
+    /// `POST path` with a JSON body.
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    #[must_use]
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        Self::json(self.authorize(self.agent.post(format!("{}{path}", self.base))).send_json(body))
+    }
+
+    /// `POST path` with raw bytes as `content_type`.
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    #[must_use]
+    pub fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let request = self.authorize(self.agent.post(format!("{}{path}", self.base)));
+        Self::json(request.header("Content-Type", content_type).send(body))
     }
 }

@@ -6,10 +6,8 @@ use onecard_engine::cards::{CardType, LimitOverrides};
 use onecard_engine::directory::MerchantCategory;
 use onecard_engine::ledger::CardView;
 use onecard_engine::{Ledger, LedgerConfig, OpenCard, Submission};
-use onecard_protocol::message::{
-    BalanceInquiry, Purchase, Refund, Reversal, TopUp, TransferAnswer,
-};
-use onecard_protocol::{Answer, Channel, MacAlgorithm, MealPeriod, Request, TerminalKey};
+use onecard_protocol::message::{BalanceInquiry, Refund, Reversal, TopUp, TransferAnswer};
+use onecard_protocol::{Answer, Channel, MacAlgorithm, Request, TerminalKey};
 use onecard_tests::TempDir;
 use rust_decimal::Decimal;
 
@@ -161,15 +159,7 @@ pub fn config(shards: usize) -> LedgerConfig {
     LedgerConfig { shards, ..LedgerConfig::default() }
 }
 
-pub fn purchase(card_number: u64, amount_fen: u32) -> Request {
-    Request::Purchase(Purchase {
-        card_number,
-        amount_fen,
-        meal_period: MealPeriod::Lunch,
-        item_code: 0,
-        pin_block: None,
-    })
-}
+pub use onecard_tests::purchase;
 
 pub fn top_up(card_number: u64, amount_fen: u32) -> Request {
     Request::TopUp(TopUp {

@@ -1,3 +1,9 @@
 //! End-to-end scenarios against a real `onecard serve` process; one test binary.
 
+mod abuse;
+mod api;
+mod demo;
 mod front_door;
+mod shutdown;
+mod support;
+mod terminals;

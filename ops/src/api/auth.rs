@@ -1,0 +1,597 @@
+//! Operators' logins, bearer tokens, roles and what each role may do.
+//!
+//! A login checks the password (Argon2id), counts failures and locks the operator
+//! after too many, refuses a password past its age (or one an admin set) until it is
+//! changed, and then issues a random 256-bit bearer token. The server keeps only the
+//! token's SHA-256, in memory: tokens expire, and a restart signs everyone out.
+//! Every request but the health checks carries `Authorization: Bearer <token>`; every
+//! refusal is counted and audited.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use onecard_engine::audit::Outcome;
+use onecard_engine::date::now_ms;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, ApiResult, AppState, Body, Params};
+use crate::operators::{OperatorRecord, PASSWORD_BYTES_MAX, Role, check_name, check_password};
+
+/// Live tokens held at once; past it, expired ones are dropped, and a login with
+/// every slot live is refused.
+const SESSIONS_MAX: usize = 10_000;
+
+/// What a role may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Look up cards and statements.
+    CardsRead,
+    /// Open cards and change their state, limits and PIN.
+    CardsWrite,
+    /// List merchants and terminals.
+    DirectoryRead,
+    /// Create and disable merchants and terminals, rotate terminal keys.
+    DirectoryWrite,
+    /// Set a merchant's commission rate.
+    CommissionWrite,
+    /// Read balances and transfers.
+    LedgerRead,
+    /// Read the audit log.
+    AuditRead,
+    /// Manage operators.
+    OperatorsWrite,
+}
+
+impl Permission {
+    /// Whether `role` holds this permission.
+    #[must_use]
+    pub const fn allows(self, role: Role) -> bool {
+        use Role::{Admin, Auditor, Clerk, Finance};
+        match self {
+            Self::CardsRead | Self::DirectoryRead => true,
+            Self::CardsWrite => matches!(role, Admin | Clerk),
+            Self::DirectoryWrite | Self::OperatorsWrite => matches!(role, Admin),
+            Self::CommissionWrite => matches!(role, Admin | Finance),
+            Self::LedgerRead => matches!(role, Admin | Finance | Auditor),
+            Self::AuditRead => matches!(role, Admin | Auditor),
+        }
+    }
+}
+
+/// One live token.
+#[derive(Debug, Clone)]
+struct Session {
+    operator: String,
+    role: Role,
+    expires_at: Instant,
+}
+
+/// Live bearer tokens, by the SHA-256 of the token.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    tokens: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+enum Lookup {
+    Valid(Session),
+    Expired,
+    Unknown,
+}
+
+impl Sessions {
+    fn issue(&self, operator: &str, role: Role, ttl: Duration) -> Result<String, ApiError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_randomness",
+                "no randomness for a token",
+            )
+        })?;
+        let token = hex::encode(bytes);
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        if tokens.len() >= SESSIONS_MAX {
+            let now = Instant::now();
+            tokens.retain(|_, session| session.expires_at > now);
+        }
+        if tokens.len() >= SESSIONS_MAX {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sessions",
+                "too many live tokens; try again later",
+            ));
+        }
+        let session =
+            Session { operator: operator.to_owned(), role, expires_at: Instant::now() + ttl };
+        tokens.insert(token_key(&token), session);
+        Ok(token)
+    }
+
+    fn lookup(&self, token: &str) -> Lookup {
+        let key = token_key(token);
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        match tokens.get(&key) {
+            Some(session) if session.expires_at > Instant::now() => Lookup::Valid(session.clone()),
+            Some(_) => {
+                tokens.remove(&key);
+                Lookup::Expired
+            }
+            None => Lookup::Unknown,
+        }
+    }
+
+    fn revoke(&self, token: &str) {
+        self.tokens.lock().unwrap_or_else(PoisonError::into_inner).remove(&token_key(token));
+    }
+
+    /// Ends every token of `operator` (disabled, or password changed).
+    fn revoke_operator(&self, operator: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, session| session.operator != operator);
+    }
+}
+
+/// The authenticated operator behind a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Their name.
+    pub operator: String,
+    /// Their role.
+    pub role: Role,
+    /// Where the request came from.
+    pub from: SocketAddr,
+    token: String,
+    path: String,
+}
+
+fn client_addr(parts: &Parts) -> SocketAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let from = client_addr(parts);
+        let path = parts.uri.path().to_owned();
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        let refuse = |reason: &'static str, code: &'static str, message: &str| {
+            state.metrics.auth_refused.with_label_values(&[reason]).inc();
+            let _ = state.audit("-", "auth.token", &path, Outcome::Refused, from, message);
+            ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+        };
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(refuse("no_token", "unauthenticated", "a bearer token is required"));
+        };
+        match state.sessions.lookup(token) {
+            Lookup::Valid(session) => Ok(Self {
+                operator: session.operator,
+                role: session.role,
+                from,
+                token: token.to_owned(),
+                path,
+            }),
+            Lookup::Expired => {
+                Err(refuse("token_expired", "token_expired", "the token has expired; log in again"))
+            }
+            Lookup::Unknown => {
+                Err(refuse("unknown_token", "unauthenticated", "the token is not valid"))
+            }
+        }
+    }
+}
+
+impl Caller {
+    /// Refuses (403, audited) unless the caller's role holds `permission`.
+    ///
+    /// # Errors
+    /// [`ApiError`] `forbidden`.
+    pub fn require(&self, state: &AppState, permission: Permission) -> Result<(), ApiError> {
+        if permission.allows(self.role) {
+            return Ok(());
+        }
+        state.metrics.auth_refused.with_label_values(&["forbidden"]).inc();
+        let detail = format!("role {} may not {permission:?}", self.role.as_str());
+        let _ = state.audit(
+            &self.operator,
+            "auth.permission",
+            &self.path,
+            Outcome::Refused,
+            self.from,
+            &detail,
+        );
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail))
+    }
+
+    /// Audits a change the caller made (or tried).
+    ///
+    /// # Errors
+    /// If the audit log cannot be written.
+    pub fn audit(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: &str,
+    ) -> Result<(), ApiError> {
+        state.audit(&self.operator, action, target, outcome, self.from, detail)
+    }
+
+    /// Runs `change` and audits it, successful or not; the change's error, if any,
+    /// is the answer.
+    ///
+    /// # Errors
+    /// The change's error, or a failed audit write.
+    pub fn audited<T, E: Into<ApiError>>(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: &str,
+        detail: &str,
+        change: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, ApiError> {
+        match change() {
+            Ok(value) => {
+                self.audit(state, action, target, Outcome::Ok, detail)?;
+                Ok(value)
+            }
+            Err(error) => {
+                let error: ApiError = error.into();
+                let outcome =
+                    if error.status.is_server_error() { Outcome::Failed } else { Outcome::Refused };
+                let detail = format!("{detail}: {}", error.message);
+                self.audit(state, action, target, outcome, &detail)?;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// `POST /api/auth/login`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    operator: String,
+    password: String,
+}
+
+/// A new token.
+#[derive(Debug, Serialize)]
+pub struct LoginAnswer {
+    token: String,
+    operator: String,
+    role: Role,
+    expires_at_ms: u64,
+}
+
+/// Checks `operator`'s `password`, counting a failure and locking after too many.
+async fn authenticate(
+    state: &AppState,
+    from: SocketAddr,
+    action: &str,
+    operator: &str,
+    password: &str,
+) -> Result<OperatorRecord, ApiError> {
+    let refuse = |status: StatusCode, reason: &'static str, detail: &str| {
+        state.metrics.auth_refused.with_label_values(&[reason]).inc();
+        let target = format!("operator:{operator}");
+        let _ = state.audit(operator, action, &target, Outcome::Refused, from, detail);
+        ApiError::new(status, reason, detail)
+    };
+    let bad = "wrong operator or password";
+    if check_name(operator).is_err() || password.len() > PASSWORD_BYTES_MAX {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "bad_credentials", bad));
+    }
+    let Some(record) = state.operators.get(operator)? else {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "bad_credentials", bad));
+    };
+    if record.disabled {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "operator_disabled",
+            "this operator is disabled",
+        ));
+    }
+    let now = now_ms();
+    if record.locked_until_ms > now {
+        let detail =
+            format!("locked for {} more seconds", (record.locked_until_ms - now).div_ceil(1000));
+        return Err(refuse(StatusCode::LOCKED, "operator_locked", &detail));
+    }
+    if !state.operators.verify(password.to_owned(), record.password_hash.clone()).await {
+        let auth = &state.config.auth;
+        let lockout_ms = u64::try_from(auth.lockout.as_millis()).unwrap_or(u64::MAX);
+        let updated = state.operators.update(operator, |r| {
+            r.failed_logins += 1;
+            if r.failed_logins >= auth.login_failures_max {
+                r.failed_logins = 0;
+                r.locked_until_ms = now.saturating_add(lockout_ms);
+            }
+        })?;
+        let detail = if updated.locked_until_ms > now {
+            format!("wrong password; locked after {} failures", auth.login_failures_max)
+        } else {
+            "wrong password".to_owned()
+        };
+        state.metrics.auth_refused.with_label_values(&["bad_credentials"]).inc();
+        let _ = state.audit(
+            operator,
+            action,
+            &format!("operator:{operator}"),
+            Outcome::Refused,
+            from,
+            &detail,
+        );
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_credentials", bad));
+    }
+    if record.failed_logins > 0 || record.locked_until_ms > 0 {
+        return Ok(state.operators.update(operator, |r| {
+            r.failed_logins = 0;
+            r.locked_until_ms = 0;
+        })?);
+    }
+    Ok(record)
+}
+
+/// Logs in: a bearer token for the operator.
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Body(login): Body<Login>,
+) -> ApiResult<LoginAnswer> {
+    let record = authenticate(&state, from, "auth.login", &login.operator, &login.password).await?;
+    let max_age_ms =
+        u64::try_from(state.config.auth.password_max_age.as_millis()).unwrap_or(u64::MAX);
+    let expired = now_ms().saturating_sub(record.password_changed_at_ms) > max_age_ms;
+    if record.must_change_password || expired {
+        let detail = if expired {
+            "password too old; change it"
+        } else {
+            "password set by an admin; change it"
+        };
+        state.metrics.auth_refused.with_label_values(&["password_change_required"]).inc();
+        state.audit(
+            &record.name,
+            "auth.login",
+            &format!("operator:{}", record.name),
+            Outcome::Refused,
+            from,
+            detail,
+        )?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "password_change_required",
+            format!("{detail} at POST /api/auth/password"),
+        ));
+    }
+    let ttl = state.config.auth.token_ttl;
+    let token = state.sessions.issue(&record.name, record.role, ttl)?;
+    state.audit(
+        &record.name,
+        "auth.login",
+        &format!("operator:{}", record.name),
+        Outcome::Ok,
+        from,
+        "",
+    )?;
+    let expires_at_ms = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    Ok(Json(LoginAnswer { token, operator: record.name, role: record.role, expires_at_ms }))
+}
+
+/// Ends the caller's token.
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<serde_json::Value> {
+    state.sessions.revoke(&caller.token);
+    caller.audit(
+        &state,
+        "auth.logout",
+        &format!("operator:{}", caller.operator),
+        Outcome::Ok,
+        "",
+    )?;
+    Ok(Json(serde_json::json!({ "logged_out": true })))
+}
+
+/// `POST /api/auth/password`: an operator changes their own password.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    operator: String,
+    password: String,
+    new_password: String,
+}
+
+/// Changes a password, given the current one; ends the operator's tokens.
+pub async fn change_password(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Body(change): Body<ChangePassword>,
+) -> ApiResult<OperatorView> {
+    let action = "auth.change_password";
+    authenticate(&state, from, action, &change.operator, &change.password).await?;
+    let target = format!("operator:{}", change.operator);
+    if let Err(error) = check_password(&change.new_password) {
+        state.audit(&change.operator, action, &target, Outcome::Refused, from, "weak password")?;
+        return Err(error.into());
+    }
+    if change.new_password == change.password {
+        state.audit(&change.operator, action, &target, Outcome::Refused, from, "same password")?;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "same_password",
+            "the new password must differ",
+        ));
+    }
+    let hash = state.operators.hash(change.new_password).await?;
+    let record = state.operators.update(&change.operator, |r| {
+        r.password_hash = hash;
+        r.password_changed_at_ms = now_ms();
+        r.must_change_password = false;
+    })?;
+    state.sessions.revoke_operator(&change.operator);
+    state.audit(&change.operator, action, &target, Outcome::Ok, from, "")?;
+    Ok(Json(OperatorView::from(&record)))
+}
+
+/// An operator as the API shows it: never the hash.
+#[derive(Debug, Serialize)]
+pub struct OperatorView {
+    name: String,
+    role: Role,
+    disabled: bool,
+    locked: bool,
+    must_change_password: bool,
+    failed_logins: u32,
+    password_changed_at_ms: u64,
+    created_at_ms: u64,
+    created_by: String,
+}
+
+impl From<&OperatorRecord> for OperatorView {
+    fn from(record: &OperatorRecord) -> Self {
+        Self {
+            name: record.name.clone(),
+            role: record.role,
+            disabled: record.disabled,
+            locked: record.locked_until_ms > now_ms(),
+            must_change_password: record.must_change_password,
+            failed_logins: record.failed_logins,
+            password_changed_at_ms: record.password_changed_at_ms,
+            created_at_ms: record.created_at_ms,
+            created_by: record.created_by.clone(),
+        }
+    }
+}
+
+/// Every operator (admin).
+pub async fn list_operators(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Vec<OperatorView>> {
+    caller.require(&state, Permission::OperatorsWrite)?;
+    Ok(Json(state.operators.list()?.iter().map(OperatorView::from).collect()))
+}
+
+/// `POST /api/operators`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOperator {
+    name: String,
+    role: Role,
+    password: String,
+}
+
+/// Creates an operator with an initial password they must change at first login.
+pub async fn create_operator(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(create): Body<CreateOperator>,
+) -> ApiResult<OperatorView> {
+    caller.require(&state, Permission::OperatorsWrite)?;
+    let target = format!("operator:{}", create.name);
+    let detail = format!("role {}", create.role.as_str());
+    let checked = check_name(&create.name).and_then(|()| check_password(&create.password));
+    caller.audited(&state, "operator.create", &target, &detail, || checked)?;
+    let hash = state.operators.hash(create.password).await?;
+    let record = OperatorRecord::new(create.name, create.role, hash, true, caller.operator.clone());
+    caller
+        .audited(&state, "operator.create", &target, &detail, || state.operators.create(&record))?;
+    Ok(Json(OperatorView::from(&record)))
+}
+
+/// `POST /api/operators/{name}/{action}`: `unlock`, `disable` or `enable`.
+pub async fn operator_action(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params((name, action)): Params<(String, String)>,
+) -> ApiResult<OperatorView> {
+    caller.require(&state, Permission::OperatorsWrite)?;
+    let target = format!("operator:{name}");
+    let record = match action.as_str() {
+        "unlock" => caller.audited(&state, "operator.unlock", &target, "", || {
+            state.operators.update(&name, |r| {
+                r.locked_until_ms = 0;
+                r.failed_logins = 0;
+            })
+        })?,
+        "disable" | "enable" => {
+            let disabled = action == "disable";
+            if disabled && name == caller.operator {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "self",
+                    "an operator cannot disable themselves",
+                ));
+            }
+            let record =
+                caller.audited(&state, &format!("operator.{action}"), &target, "", || {
+                    state.operators.update(&name, |r| r.disabled = disabled)
+                })?;
+            state.sessions.revoke_operator(&name);
+            record
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no operator action {action:?}"),
+            ));
+        }
+    };
+    Ok(Json(OperatorView::from(&record)))
+}
+
+/// `POST /api/operators/{name}/password`: an admin sets a new password, which the
+/// operator must change at their next login; their tokens end.
+pub async fn reset_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(name): Params<String>,
+    Body(reset): Body<ResetPassword>,
+) -> ApiResult<OperatorView> {
+    caller.require(&state, Permission::OperatorsWrite)?;
+    let target = format!("operator:{name}");
+    caller.audited(&state, "operator.reset_password", &target, "", || {
+        check_password(&reset.password)
+    })?;
+    let hash = state.operators.hash(reset.password).await?;
+    let record = caller.audited(&state, "operator.reset_password", &target, "", || {
+        state.operators.update(&name, |r| {
+            r.password_hash = hash;
+            r.password_changed_at_ms = now_ms();
+            r.must_change_password = true;
+            r.failed_logins = 0;
+            r.locked_until_ms = 0;
+        })
+    })?;
+    state.sessions.revoke_operator(&name);
+    Ok(Json(OperatorView::from(&record)))
+}
+
+/// The body of `reset-password`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetPassword {
+    password: String,
+}

@@ -1,0 +1,79 @@
+//! The health checks and the Prometheus scrape: the only endpoints that need no
+//! operator token. `/metrics` asks for the configured metrics token, if one is set.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppState};
+
+/// `/healthz`: the process is alive and answering.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "alive" }))
+}
+
+/// A shard as `/readyz` reports it.
+#[derive(Debug, Serialize)]
+struct ShardJson {
+    shard: u8,
+    poisoned: bool,
+    queue_depth: usize,
+}
+
+/// `/readyz`'s answer.
+#[derive(Debug, Serialize)]
+struct ReadyJson {
+    ready: bool,
+    business_date: String,
+    shards: Vec<ShardJson>,
+}
+
+/// `/readyz`: 200 when the store is open and every shard takes work; 503 when a
+/// shard is poisoned by a failed write (it needs a restart).
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let shards: Vec<ShardJson> = state
+        .ledger
+        .health()
+        .into_iter()
+        .map(|h| ShardJson { shard: h.shard, poisoned: h.poisoned, queue_depth: h.queue_depth })
+        .collect();
+    let ready = shards.iter().all(|s| !s.poisoned);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = ReadyJson { ready, business_date: state.ledger.business_date().to_string(), shards };
+    (status, Json(body)).into_response()
+}
+
+/// `/metrics`: every series in Prometheus text format.
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.config.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            state.metrics.auth_refused.with_label_values(&["metrics_token"]).inc();
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "the metrics token is required",
+            ));
+        }
+    }
+    state.ledger.refresh_metrics();
+    let families = state.ledger.metrics().registry().gather();
+    let text = prometheus::TextEncoder::new().encode_to_string(&families).map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encoding metrics: {error}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
+}

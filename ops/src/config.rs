@@ -1,0 +1,309 @@
+//! The configuration of `onecard serve`: one TOML file, every key overridable by a
+//! flag and by an environment variable.
+//!
+//! Each key has one name in three spellings: `token_ttl_secs` in the file,
+//! `--token-ttl-secs` on the command line, `ONECARD_TOKEN_TTL_SECS` in the
+//! environment. A flag beats the environment, which beats the file, which beats the
+//! default. [`Settings`] is that one list of keys (its doc comments are the `--help`
+//! text); [`Config`] is what they resolve to.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use onecard_engine::LedgerConfig;
+use onecard_engine::frontdoor::FrontDoorConfig;
+use serde::Deserialize;
+
+/// Every configuration key. All optional here: what is not given keeps its default.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Directory of the RocksDB store; created if missing. [default: ./data]
+    #[arg(long, env = "ONECARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address the terminal front door listens on; port 0 picks a free one (printed on
+    /// the ready line). [default: 127.0.0.1:7700]
+    #[arg(long, env = "ONECARD_TERMINAL_LISTEN")]
+    pub terminal_listen: Option<SocketAddr>,
+
+    /// Address of the admin and finance HTTP API, /metrics and the health checks.
+    /// [default: 127.0.0.1:7780]
+    #[arg(long, env = "ONECARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Shards of a new store (an existing store keeps its own). [default: the number
+    /// of cores]
+    #[arg(long, env = "ONECARD_SHARDS")]
+    pub shards: Option<usize>,
+
+    /// The card centre's time zone, minutes east of UTC. [default: 480, China]
+    #[arg(long, env = "ONECARD_UTC_OFFSET_MINUTES", allow_hyphen_values = true)]
+    pub utc_offset_minutes: Option<i32>,
+
+    /// Local time the business day turns, HH:MM. [default: 00:00]
+    #[arg(long, env = "ONECARD_CUTOVER")]
+    pub cutover: Option<String>,
+
+    /// Terminal connections served at once; more wait in the kernel backlog.
+    /// [default: 20000]
+    #[arg(long, env = "ONECARD_TERMINAL_CONNECTIONS_MAX")]
+    pub terminal_connections_max: Option<usize>,
+
+    /// Seconds a terminal connection may stay silent before it is closed. [default: 90]
+    #[arg(long, env = "ONECARD_TERMINAL_IDLE_TIMEOUT_SECS")]
+    pub terminal_idle_timeout_secs: Option<u64>,
+
+    /// Seconds a started frame may take to arrive whole. [default: 10]
+    #[arg(long, env = "ONECARD_FRAME_READ_TIMEOUT_SECS")]
+    pub frame_read_timeout_secs: Option<u64>,
+
+    /// Seconds an answer may take to be written before the connection is closed (a
+    /// terminal that does not read). [default: 10]
+    #[arg(long, env = "ONECARD_TERMINAL_WRITE_TIMEOUT_SECS")]
+    pub terminal_write_timeout_secs: Option<u64>,
+
+    /// A terminal not heard from for this many seconds is listed as offline.
+    /// [default: 120]
+    #[arg(long, env = "ONECARD_TERMINAL_OFFLINE_AFTER_SECS")]
+    pub terminal_offline_after_secs: Option<u64>,
+
+    /// Seconds an operator's bearer token lives. [default: 28800, 8 hours]
+    #[arg(long, env = "ONECARD_TOKEN_TTL_SECS")]
+    pub token_ttl_secs: Option<u64>,
+
+    /// Days after which an operator must change their password before logging in
+    /// again. [default: 90]
+    #[arg(long, env = "ONECARD_PASSWORD_MAX_AGE_DAYS")]
+    pub password_max_age_days: Option<u64>,
+
+    /// Wrong passwords in a row that lock an operator. [default: 5]
+    #[arg(long, env = "ONECARD_LOGIN_FAILURES_MAX")]
+    pub login_failures_max: Option<u32>,
+
+    /// Seconds a locked operator stays locked (an admin may unlock sooner).
+    /// [default: 900]
+    #[arg(long, env = "ONECARD_LOCKOUT_SECS")]
+    pub lockout_secs: Option<u64>,
+
+    /// A bearer token Prometheus presents to scrape /metrics. Unset: /metrics is open,
+    /// like the health checks (bind the admin port to the management network).
+    #[arg(long, env = "ONECARD_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+
+    /// Log as JSON lines instead of human-readable text. [default: false]
+    #[arg(long, env = "ONECARD_LOG_JSON", num_args = 0..=1, default_missing_value = "true")]
+    pub log_json: Option<bool>,
+
+    /// Create the demo campus on an empty store (50,000 cards, 300 merchants, 1,000
+    /// terminals) and serve it. [default: false]
+    #[arg(long, env = "ONECARD_DEMO", num_args = 0..=1, default_missing_value = "true")]
+    pub demo: Option<bool>,
+}
+
+/// Overlays `top` on `base`: every key `top` sets wins.
+macro_rules! overlay {
+    ($base:expr, $top:expr, $($field:ident),+ $(,)?) => {
+        Settings { $($field: $top.$field.or($base.$field)),+ }
+    };
+}
+
+impl Settings {
+    /// `self` with every key `top` sets replaced.
+    #[must_use]
+    pub fn overlaid_with(self, top: Self) -> Self {
+        overlay!(
+            self,
+            top,
+            data_dir,
+            terminal_listen,
+            admin_listen,
+            shards,
+            utc_offset_minutes,
+            cutover,
+            terminal_connections_max,
+            terminal_idle_timeout_secs,
+            frame_read_timeout_secs,
+            terminal_write_timeout_secs,
+            terminal_offline_after_secs,
+            token_ttl_secs,
+            password_max_age_days,
+            login_failures_max,
+            lockout_secs,
+            metrics_token,
+            log_json,
+            demo,
+        )
+    }
+
+    /// Reads a TOML file of settings.
+    ///
+    /// # Errors
+    /// If the file cannot be read, is not TOML, or names an unknown key.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing the config file {}", path.display()))
+    }
+}
+
+/// How operators' logins and tokens behave.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// How long a bearer token lives.
+    pub token_ttl: Duration,
+    /// How old a password may get before it must be changed.
+    pub password_max_age: Duration,
+    /// Wrong passwords in a row that lock an operator.
+    pub login_failures_max: u32,
+    /// How long a lock lasts.
+    pub lockout: Duration,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The store's directory.
+    pub data_dir: PathBuf,
+    /// The terminal port.
+    pub terminal_listen: SocketAddr,
+    /// The admin port.
+    pub admin_listen: SocketAddr,
+    /// The ledger's settings.
+    pub ledger: LedgerConfig,
+    /// The front door's limits.
+    pub front_door: FrontDoorConfig,
+    /// When a terminal counts as offline.
+    pub terminal_offline_after: Duration,
+    /// Operators and tokens.
+    pub auth: AuthConfig,
+    /// The token /metrics asks for, if any.
+    pub metrics_token: Option<String>,
+    /// JSON logs.
+    pub log_json: bool,
+    /// Build the demo campus on an empty store.
+    pub demo: bool,
+}
+
+const fn secs(value: u64) -> Duration {
+    Duration::from_secs(value)
+}
+
+/// Parses `HH:MM` into minutes after midnight.
+fn cutover_minutes(text: &str) -> anyhow::Result<u32> {
+    let parsed = text.split_once(':').and_then(|(hours, minutes)| {
+        let hours: u32 = hours.parse().ok()?;
+        let minutes: u32 = minutes.parse().ok()?;
+        (hours < 24 && minutes < 60 && text.len() == 5).then_some(hours * 60 + minutes)
+    });
+    parsed.with_context(|| format!("cutover {text:?} is not a time of day as HH:MM"))
+}
+
+impl Config {
+    /// Resolves settings against the defaults, checking each value.
+    ///
+    /// # Errors
+    /// If a value is out of range.
+    pub fn resolve(settings: Settings) -> anyhow::Result<Self> {
+        let defaults = LedgerConfig::default();
+        let utc_offset_minutes = settings.utc_offset_minutes.unwrap_or(defaults.utc_offset_minutes);
+        anyhow::ensure!(
+            (-14 * 60..=14 * 60).contains(&utc_offset_minutes),
+            "utc_offset_minutes {utc_offset_minutes} is not a time zone"
+        );
+        let shards = settings.shards.unwrap_or(defaults.shards);
+        anyhow::ensure!(
+            (1..=onecard_engine::limits::SHARDS_MAX).contains(&shards),
+            "shards must be 1 to {}",
+            onecard_engine::limits::SHARDS_MAX
+        );
+        let front = FrontDoorConfig::default();
+        let front_door = FrontDoorConfig {
+            connections_max: settings.terminal_connections_max.unwrap_or(front.connections_max),
+            idle_timeout: settings.terminal_idle_timeout_secs.map_or(front.idle_timeout, secs),
+            frame_read_timeout: settings
+                .frame_read_timeout_secs
+                .map_or(front.frame_read_timeout, secs),
+            write_timeout: settings.terminal_write_timeout_secs.map_or(front.write_timeout, secs),
+            drain_timeout: front.drain_timeout,
+        };
+        anyhow::ensure!(
+            (1..=onecard_engine::limits::TERMINAL_CONNECTIONS_MAX)
+                .contains(&front_door.connections_max),
+            "terminal_connections_max must be 1 to {}",
+            onecard_engine::limits::TERMINAL_CONNECTIONS_MAX
+        );
+        anyhow::ensure!(
+            !front_door.frame_read_timeout.is_zero()
+                && front_door.frame_read_timeout <= front_door.idle_timeout,
+            "frame_read_timeout_secs must be at least 1 and at most terminal_idle_timeout_secs"
+        );
+        anyhow::ensure!(
+            !front_door.write_timeout.is_zero(),
+            "terminal_write_timeout_secs must be at least 1"
+        );
+        let auth = AuthConfig {
+            token_ttl: secs(settings.token_ttl_secs.unwrap_or(8 * 3600)),
+            password_max_age: secs(settings.password_max_age_days.unwrap_or(90) * 86_400),
+            login_failures_max: settings.login_failures_max.unwrap_or(5),
+            lockout: secs(settings.lockout_secs.unwrap_or(900)),
+        };
+        anyhow::ensure!(!auth.token_ttl.is_zero(), "token_ttl_secs must be at least 1");
+        anyhow::ensure!(auth.login_failures_max >= 1, "login_failures_max must be at least 1");
+        if let Some(token) = &settings.metrics_token {
+            anyhow::ensure!(token.len() >= 16, "metrics_token must be at least 16 characters");
+        }
+        Ok(Self {
+            data_dir: settings.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            terminal_listen: settings
+                .terminal_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700))),
+            admin_listen: settings
+                .admin_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7780))),
+            ledger: LedgerConfig {
+                shards,
+                sync: true,
+                utc_offset_minutes,
+                cutover_minutes: settings.cutover.as_deref().map_or(Ok(0), cutover_minutes)?,
+            },
+            front_door,
+            terminal_offline_after: secs(settings.terminal_offline_after_secs.unwrap_or(120)),
+            auth,
+            metrics_token: settings.metrics_token,
+            log_json: settings.log_json.unwrap_or(false),
+            demo: settings.demo.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+        let file: Settings =
+            toml::from_str("token_ttl_secs = 60\nshards = 3\ncutover = \"02:30\"").expect("toml");
+        let flags = Settings { shards: Some(4), ..Settings::default() };
+        let config = Config::resolve(file.overlaid_with(flags)).expect("valid");
+        assert_eq!(config.ledger.shards, 4);
+        assert_eq!(config.auth.token_ttl, Duration::from_secs(60));
+        assert_eq!(config.ledger.cutover_minutes, 150);
+        assert_eq!(config.auth.login_failures_max, 5);
+    }
+
+    #[test]
+    fn an_unknown_key_or_a_bad_value_is_refused() {
+        assert!(toml::from_str::<Settings>("no_such_key = 1").is_err());
+        assert!(toml::from_str::<Settings>("shards = \"two\"").is_err());
+        let bad = |settings: Settings| Config::resolve(settings).is_err();
+        assert!(bad(Settings { shards: Some(0), ..Settings::default() }));
+        assert!(bad(Settings { cutover: Some("25:00".into()), ..Settings::default() }));
+        assert!(bad(Settings { cutover: Some("2:00".into()), ..Settings::default() }));
+        assert!(bad(Settings { token_ttl_secs: Some(0), ..Settings::default() }));
+        assert!(bad(Settings { metrics_token: Some("short".into()), ..Settings::default() }));
+    }
+}

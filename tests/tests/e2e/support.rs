@@ -1,0 +1,174 @@
+//! A small campus built through the server's own API, so each scenario reads as a
+//! story: a card centre with a top-up kiosk, two canteen windows on different shards,
+//! and a few funded cards.
+
+use onecard_protocol::message::{Reference, TopUp};
+use onecard_protocol::{
+    Answer, AnswerCode, Channel, ClientConfig, Request, TerminalClient, TerminalKey,
+};
+use onecard_tests::{Api, Server, TempDir};
+use serde_json::json;
+
+/// A terminal the campus created, and its key.
+#[derive(Debug, Clone)]
+pub struct TerminalSpec {
+    /// Its id.
+    pub id: u32,
+    /// Its merchant.
+    pub merchant_id: u32,
+    /// Its key.
+    pub key: TerminalKey,
+}
+
+impl TerminalSpec {
+    /// Connects and signs on.
+    pub async fn connect(&self, server: &Server) -> TerminalClient {
+        TerminalClient::connect(
+            server.terminal_addr(),
+            self.id,
+            &self.key,
+            0,
+            ClientConfig::default(),
+        )
+        .await
+        .expect("the terminal signs on")
+    }
+}
+
+/// The campus.
+pub struct Campus {
+    /// The data directory (removed on drop, after the server).
+    pub server: Server,
+    /// Logged in as admin.
+    pub admin: Api,
+    /// The card centre's kiosk: top-ups.
+    pub kiosk: TerminalSpec,
+    /// A canteen window.
+    pub canteen: TerminalSpec,
+    /// Another canteen window, on the other shard.
+    pub other_canteen: TerminalSpec,
+    /// Open, funded cards.
+    pub cards: Vec<u64>,
+    /// Kept last so the server stops before its directory goes.
+    pub dir: TempDir,
+}
+
+/// The first card number of a campus.
+pub const FIRST_CARD: u64 = 7_000_001;
+
+/// Each card's balance after the campus is built, in fen.
+pub const FUNDED_FEN: i64 = 10_000;
+
+fn key_for(terminal: u8) -> TerminalKey {
+    TerminalKey::new([terminal; 32])
+}
+
+/// Creates a merchant through the API; returns its id.
+pub fn merchant(admin: &Api, name: &str, category: &str) -> u32 {
+    let (status, body) = admin.post(
+        "/api/merchants",
+        &json!({ "name": name, "category": category, "commission_rate": "0.015" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    u32::try_from(body["id"].as_u64().expect("an id")).expect("fits")
+}
+
+/// Creates a terminal through the API with a key derived from `seed`.
+pub fn terminal(admin: &Api, merchant_id: u32, seed: u8) -> TerminalSpec {
+    let key = key_for(seed);
+    let (status, body) = admin
+        .post("/api/terminals", &json!({ "merchant_id": merchant_id, "key_hex": key.to_hex() }));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.get("key_hex").is_none() && !body.to_string().contains(&key.to_hex()),
+        "no key out"
+    );
+    let id = u32::try_from(body["id"].as_u64().expect("an id")).expect("fits");
+    TerminalSpec { id, merchant_id, key }
+}
+
+/// Opens a student card through the API.
+pub fn open_card(admin: &Api, card_number: u64) {
+    let (status, body) = admin.post(
+        "/api/cards",
+        &json!({
+            "card_number": card_number,
+            "holder_id": format!("S{card_number}"),
+            "holder_name": "测试学生",
+            "card_type": "student",
+            "expiry_date": "2030-07-31",
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A card's balance in fen, through the API.
+pub fn balance_fen(admin: &Api, card_number: u64) -> i64 {
+    let (status, body) = admin.get(&format!("/api/cards/{card_number}"));
+    assert_eq!(status, 200, "{body}");
+    yuan_to_fen(body["balance_yuan"].as_str().expect("a balance"))
+}
+
+/// Parses "12.34" into 1234.
+pub fn yuan_to_fen(text: &str) -> i64 {
+    let negative = text.starts_with('-');
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    let fen: i64 = digits.parse().expect("an amount");
+    if negative { -fen } else { fen }
+}
+
+pub use onecard_tests::purchase;
+
+/// A top-up request.
+pub fn top_up(card_number: u64, amount_fen: u32, reference: &str) -> Request {
+    Request::TopUp(TopUp {
+        card_number,
+        amount_fen,
+        channel: Channel::App,
+        reference: Reference::new(reference.as_bytes()).expect("short"),
+    })
+}
+
+/// The code and transfer id of a transfer answer.
+pub fn outcome(answer: &Answer) -> (AnswerCode, u64) {
+    match answer {
+        Answer::Purchase(a) | Answer::TopUp(a) | Answer::Refund(a) | Answer::Reversal(a) => {
+            (if a.duplicate { AnswerCode::Duplicate } else { a.code }, a.transfer_id)
+        }
+        other => (other.code(), 0),
+    }
+}
+
+impl Campus {
+    /// Starts a server on a fresh directory and builds the campus with `cards`
+    /// funded cards.
+    pub async fn build(label: &str, cards: u64, extra: &[&str]) -> Self {
+        let dir = TempDir::new(label);
+        let server = Server::start_with(dir.path(), extra);
+        let admin = server.admin();
+        let centre = merchant(&admin, "校园卡服务中心", "card_centre");
+        let first = merchant(&admin, "第一食堂 01号窗口", "canteen");
+        let second = merchant(&admin, "第一食堂 02号窗口", "canteen");
+        let kiosk = terminal(&admin, centre, 1);
+        let canteen = terminal(&admin, first, 2);
+        let other_canteen = terminal(&admin, second, 3);
+        let numbers: Vec<u64> = (FIRST_CARD..FIRST_CARD + cards).collect();
+        for card in &numbers {
+            open_card(&admin, *card);
+        }
+        let client = kiosk.connect(&server).await;
+        for card in &numbers {
+            let answer = client
+                .call(top_up(
+                    *card,
+                    u32::try_from(FUNDED_FEN).expect("fits"),
+                    &format!("fund-{card}"),
+                ))
+                .await
+                .expect("answered");
+            assert_eq!(outcome(&answer).0, AnswerCode::Approved, "{answer:?}");
+        }
+        client.sign_off().await.expect("signs off");
+        Self { server, admin, kiosk, canteen, other_canteen, cards: numbers, dir }
+    }
+}
