@@ -4,7 +4,9 @@
 //! Records live in the `audit` column family under their sequence number (8 bytes,
 //! big-endian), so they read back in the order they were written and a backup of the
 //! store carries them. Nothing updates or deletes a record; the only writes are
-//! [`AuditLog::append`]s, each synced before the action it records is answered.
+//! [`AuditLog::append`]s. A change's record is synced before the change is answered;
+//! a refused attempt's record is written unsynced and becomes durable with the next
+//! synced write, so refusals cannot be turned into a flood of fsyncs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -106,7 +108,8 @@ impl AuditLog {
         Ok(Self { next_sequence: AtomicU64::new(last + 1) })
     }
 
-    /// Appends a record, synced, and returns it.
+    /// Appends a record and returns it: synced for a change, into the log's next
+    /// sync for a refusal.
     ///
     /// # Errors
     /// If the write fails; the caller must then not carry out (or must report) the
@@ -127,7 +130,15 @@ impl AuditLog {
             detail: cut(entry.detail, AUDIT_DETAIL_BYTES_MAX),
         };
         let value = serde_json::to_vec(&record).expect("an audit record always serialises");
-        store.db().put_cf_opt(store.cf(CF_AUDIT), key(record.sequence), value, &synced())?;
+        // A change's record is synced before the change is answered. A refusal's
+        // record goes to the write-ahead log unsynced and rides the next sync (every
+        // shard batch syncs the shared log): a flood of refused requests then cannot
+        // turn into a flood of fsyncs competing with the lunch peak.
+        let options = match record.outcome {
+            Outcome::Refused => rocksdb::WriteOptions::default(),
+            Outcome::Ok | Outcome::Failed => synced(),
+        };
+        store.db().put_cf_opt(store.cf(CF_AUDIT), key(record.sequence), value, &options)?;
         Ok(record)
     }
 

@@ -713,7 +713,7 @@ impl Ledger {
         metrics.rocksdb_memtable_bytes.set(sum("rocksdb.cur-size-all-mem-tables"));
     }
 
-    /// Appends a record to the audit log, synced.
+    /// Appends a record to the audit log (synced for a change; see [`crate::audit`]).
     ///
     /// # Errors
     /// If the write fails.

@@ -284,6 +284,28 @@ impl Drop for Server {
     }
 }
 
+/// Runs `onecard verify` on a stopped server's data directory and returns its report.
+///
+/// # Panics
+/// If the binary cannot run, or the ledger fails verification.
+#[must_use]
+pub fn verify(data_dir: &Path) -> String {
+    let output = Command::new(onecard_binary())
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run onecard verify");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "verify failed: {report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    report
+}
+
 /// A value of one series in Prometheus text, `name{labels}` exactly as printed (labels
 /// sorted by name), or `None` if absent.
 #[must_use]

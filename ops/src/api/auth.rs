@@ -286,6 +286,14 @@ pub struct LoginAnswer {
     expires_at_ms: u64,
 }
 
+/// A hash no password matches in practice, checked against for unknown operators.
+fn unknown_operator_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        crate::operators::hash_password("no operator has this password").unwrap_or_default()
+    })
+}
+
 /// Checks `operator`'s `password`, counting a failure and locking after too many.
 async fn authenticate(
     state: &AppState,
@@ -305,6 +313,8 @@ async fn authenticate(
         return Err(refuse(StatusCode::UNAUTHORIZED, "bad_credentials", bad));
     }
     let Some(record) = state.operators.get(operator)? else {
+        // As long as a wrong password takes, so timing does not tell which names exist.
+        state.operators.verify(password.to_owned(), unknown_operator_hash().to_owned()).await;
         return Err(refuse(StatusCode::UNAUTHORIZED, "bad_credentials", bad));
     };
     if record.disabled {

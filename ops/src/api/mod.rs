@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .nest("/api", api)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(refuse_oversize))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .with_state(state)
@@ -197,6 +198,22 @@ async fn observe(
     state.metrics.requests.with_label_values(&[&route, &status]).inc();
     state.metrics.seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it;
+/// a body that does not declare its length is cut off at the limit as it is read.
+async fn refuse_oversize(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > API_BODY_BYTES_MAX as u64) {
+        let message = format!("a body is at most {API_BODY_BYTES_MAX} bytes");
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {

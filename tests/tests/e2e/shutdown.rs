@@ -103,5 +103,7 @@ async fn sigterm_under_load_loses_no_acknowledged_purchase_and_adds_none() {
         }
     }
     assert!(server.stop().success());
+    let report = onecard_tests::verify(dir.path());
+    assert!(!report.is_empty(), "verify reports what it proved");
     drop(dir);
 }

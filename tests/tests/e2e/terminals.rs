@@ -108,6 +108,7 @@ async fn purchase_top_up_refund_reversal_and_retry_move_the_balance_exactly() {
     assert_eq!(metric(&metrics, "onecard_card_pool_fen"), Some(pool_value));
     assert!(metrics.contains("process_resident_memory_bytes"), "process metrics");
     assert!(campus.server.stop().success());
+    let _ = onecard_tests::verify(campus.dir.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
