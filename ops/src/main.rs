@@ -202,7 +202,11 @@ async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> 
         std::process::exit(130);
     });
     front_door.await.context("front door task")?.context("front door")?;
-    http.await.context("admin API task")?.context("admin API")?;
+    // An admin client that holds its connection open does not hold up the exit.
+    match tokio::time::timeout(onecard_engine::limits::SHUTDOWN_DRAIN_TIMEOUT, http).await {
+        Ok(served) => served.context("admin API task")?.context("admin API")?,
+        Err(_) => tracing::warn!("admin API connections still open at shutdown; closing them"),
+    }
     Ok(())
 }
 
