@@ -96,24 +96,7 @@ impl CloseReason {
     }
 }
 
-/// An enum's name in snake case (`AnswerCode::BadMac` → `"bad_mac"`): metric labels
-/// here, and the admin API's spelling of the engine's and the protocol's enums.
-#[must_use]
-pub fn snake_case(value: impl std::fmt::Debug) -> String {
-    let name = format!("{value:?}");
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, ch) in name.chars().enumerate() {
-        if ch.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(ch.to_ascii_lowercase());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
+pub use onecard_protocol::snake_case;
 
 /// The label of an answer code.
 #[must_use]

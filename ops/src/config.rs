@@ -101,6 +101,10 @@ pub struct Settings {
     /// terminals) and serve it. [default: false]
     #[arg(long, env = "ONECARD_DEMO", num_args = 0..=1, default_missing_value = "true")]
     pub demo: Option<bool>,
+
+    /// Cards in the demo campus, 1 to 2,000,000. [default: 50000]
+    #[arg(long, env = "ONECARD_DEMO_CARDS")]
+    pub demo_cards: Option<u64>,
 }
 
 /// Overlays `top` on `base`: every key `top` sets wins.
@@ -135,6 +139,7 @@ impl Settings {
             metrics_token,
             log_json,
             demo,
+            demo_cards,
         )
     }
 
@@ -185,6 +190,8 @@ pub struct Config {
     pub log_json: bool,
     /// Build the demo campus on an empty store.
     pub demo: bool,
+    /// Cards in the demo campus.
+    pub demo_cards: u64,
 }
 
 const fn secs(value: u64) -> Duration {
@@ -255,6 +262,12 @@ impl Config {
         if let Some(token) = &settings.metrics_token {
             anyhow::ensure!(token.len() >= 16, "metrics_token must be at least 16 characters");
         }
+        let demo_cards = settings.demo_cards.unwrap_or(crate::demo::DEMO_CARDS_DEFAULT);
+        anyhow::ensure!(
+            (1..=crate::demo::DEMO_CARDS_MAX).contains(&demo_cards),
+            "demo_cards must be 1 to {}",
+            crate::demo::DEMO_CARDS_MAX
+        );
         Ok(Self {
             data_dir: settings.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             terminal_listen: settings
@@ -275,6 +288,7 @@ impl Config {
             metrics_token: settings.metrics_token,
             log_json: settings.log_json.unwrap_or(false),
             demo: settings.demo.unwrap_or(false),
+            demo_cards,
         })
     }
 }

@@ -4,9 +4,11 @@
 //! - 300 merchants: the card centre (its 31 kiosks and counters take top-ups), 200
 //!   canteen windows in 8 canteens, 50 shops, 20 laundries and 29 utility meters;
 //! - 1,000 terminals, each with its own random key;
-//! - 50,000 cards: 45,000 students and 5,000 staff, each funded by a start-of-term
-//!   subsidy (students also get a restricted purse for hot water and electricity);
-//!   every 250th card is reported lost and every 2,500th frozen, so refusals show up;
+//! - 50,000 cards (or as many as asked, up to 2,000,000): nine in ten students, the
+//!   rest staff, each funded by a start-of-term subsidy (students also get a
+//!   restricted purse for hot water and electricity); every 250th card is reported
+//!   lost, every 2,500th frozen, and every 100th gets only 8.00 yuan, so refusals
+//!   show up under load;
 //! - operators for each role, with random passwords.
 //!
 //! Everything a load generator or a person needs is written under `<data>/demo/`:
@@ -29,9 +31,14 @@ use crate::operators::{OperatorRecord, Operators, Role, hash_password, random_pa
 
 /// The first demo card number; cards are numbered on from it.
 pub const DEMO_CARD_FIRST: u64 = 20_260_000_001;
-/// Student cards, then staff cards.
-const STUDENTS: u64 = 45_000;
-const STAFF: u64 = 5_000;
+/// Cards in the demo campus unless told otherwise: nine in ten students, then staff.
+pub const DEMO_CARDS_DEFAULT: u64 = 50_000;
+/// The largest demo campus (a province's system, for memory and restart figures).
+pub const DEMO_CARDS_MAX: u64 = 2_000_000;
+/// Every n-th card, counting from the 50th, starts nearly empty, so refusals for
+/// insufficient funds show up under load.
+const LOW_BALANCE_EVERY: u64 = 100;
+const LOW_BALANCE_FEN: i64 = 800;
 /// Cards opened and funded per control batch.
 const CHUNK: usize = 10_000;
 /// Every n-th card is reported lost, every m-th frozen.
@@ -83,6 +90,8 @@ pub struct DemoSummary {
     pub cards: u64,
     /// Of which students.
     pub students: u64,
+    /// Cards that start with only 8.00 yuan.
+    pub low_balance_cards: Vec<u64>,
     /// Cards reported lost.
     pub lost_cards: Vec<u64>,
     /// Cards frozen.
@@ -171,7 +180,7 @@ fn merchant_plan() -> Vec<MerchantPlan> {
     merchants
 }
 
-fn holder(index: u64) -> (String, String, CardType, u32) {
+fn holder(index: u64, students: u64) -> (String, String, CardType, u32) {
     let surname = SURNAMES[usize::try_from(index % 24).unwrap_or(0)];
     let given_a = GIVEN[usize::try_from(index / 24 % 32).unwrap_or(0)];
     let given_b = GIVEN[usize::try_from(index / 768 % 32).unwrap_or(0)];
@@ -180,12 +189,12 @@ fn holder(index: u64) -> (String, String, CardType, u32) {
     } else {
         format!("{surname}{given_a}{given_b}")
     };
-    if index < STUDENTS {
+    if index < students {
         let cohort = 23 + index % 4;
         let expiry = 20_270_731 + 10_000 * u32::try_from(index % 4).unwrap_or(0);
-        (format!("20{cohort}{:06}", index + 1), name, CardType::Student, expiry)
+        (format!("20{cohort}{:07}", index + 1), name, CardType::Student, expiry)
     } else {
-        (format!("T{:05}", index - STUDENTS + 1), name, CardType::Staff, 20_301_231)
+        (format!("T{:06}", index - students + 1), name, CardType::Staff, 20_301_231)
     }
 }
 
@@ -197,7 +206,12 @@ pub fn build(
     ledger: &Ledger,
     operators: &Operators,
     data_dir: &Path,
+    cards: u64,
 ) -> anyhow::Result<DemoSummary> {
+    anyhow::ensure!(
+        (1..=DEMO_CARDS_MAX).contains(&cards),
+        "a demo campus has 1 to {DEMO_CARDS_MAX} cards"
+    );
     let started = std::time::Instant::now();
     let dir = demo_dir(data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -224,13 +238,14 @@ pub fn build(
     let terminals_file = dir.join("terminals.csv");
     write_private(&terminals_file, terminals_csv.as_bytes())?;
 
-    let total = STUDENTS + STAFF;
+    let total = cards;
+    let students = cards / 10 * 9;
     let indexes: Vec<u64> = (0..total).collect();
     for chunk in indexes.chunks(CHUNK) {
         let opens = chunk
             .iter()
             .map(|index| {
-                let (holder_id, holder_name, card_type, expiry_date) = holder(*index);
+                let (holder_id, holder_name, card_type, expiry_date) = holder(*index, students);
                 OpenCard {
                     card_number: DEMO_CARD_FIRST + index,
                     holder_id,
@@ -247,7 +262,13 @@ pub fn build(
         let mut rows = Vec::with_capacity(chunk.len() * 2);
         for index in chunk {
             let card_number = DEMO_CARD_FIRST + index;
-            if *index < STUDENTS {
+            if index % LOW_BALANCE_EVERY == LOW_BALANCE_EVERY / 2 {
+                rows.push(SubsidyRow {
+                    card_number,
+                    amount_fen: LOW_BALANCE_FEN,
+                    purse: Purse::Main,
+                });
+            } else if *index < students {
                 rows.push(SubsidyRow {
                     card_number,
                     amount_fen: STUDENT_MEAL_FEN,
@@ -302,7 +323,11 @@ pub fn build(
     let summary = DemoSummary {
         card_first: DEMO_CARD_FIRST,
         cards: total,
-        students: STUDENTS,
+        students,
+        low_balance_cards: (0..total)
+            .filter(|index| index % LOW_BALANCE_EVERY == LOW_BALANCE_EVERY / 2)
+            .map(|index| DEMO_CARD_FIRST + index)
+            .collect(),
         lost_cards,
         frozen_cards,
         merchants: plan.len(),
@@ -337,17 +362,19 @@ mod tests {
 
     #[test]
     fn holders_are_students_then_staff() {
-        let (id, name, card_type, expiry) = holder(0);
-        assert_eq!((id.as_str(), card_type, expiry), ("2023000001", CardType::Student, 20_270_731));
+        let (id, name, card_type, expiry) = holder(0, 45_000);
+        assert_eq!(
+            (id.as_str(), card_type, expiry),
+            ("20230000001", CardType::Student, 20_270_731)
+        );
         assert!(!name.is_empty());
-        assert_eq!(holder(STUDENTS).2, CardType::Staff);
-        assert_eq!(holder(STUDENTS).0, "T00001");
+        assert_eq!(holder(45_000, 45_000).2, CardType::Staff);
+        assert_eq!(holder(45_000, 45_000).0, "T000001");
     }
 
     #[test]
     fn lost_and_frozen_cards_do_not_overlap() {
-        let total = STUDENTS + STAFF;
-        for n in 1..=total / FROZEN_EVERY {
+        for n in 1..=DEMO_CARDS_MAX / FROZEN_EVERY {
             let frozen = n * FROZEN_EVERY - 2;
             assert_ne!((frozen + 1) % LOST_EVERY, 0);
         }

@@ -139,7 +139,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     bootstrap_admin(&state.operators, &config.data_dir)?;
     if config.demo {
         if demo::is_empty(&ledger) {
-            demo::build(&ledger, &state.operators, &config.data_dir)?;
+            demo::build(&ledger, &state.operators, &config.data_dir, config.demo_cards)?;
         } else {
             tracing::info!("the store already holds a campus; serving it as it is");
         }

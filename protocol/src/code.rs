@@ -121,6 +121,25 @@ wire_enum! {
     }
 }
 
+/// An enum's name in snake case (`AnswerCode::BadMac` → `"bad_mac"`): how metrics,
+/// reports and the admin API spell the protocol's and the engine's enums.
+#[must_use]
+pub fn snake_case(value: impl std::fmt::Debug) -> String {
+    let name = format!("{value:?}");
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 impl AnswerCode {
     /// Whether the request took effect.
     #[must_use]

@@ -33,7 +33,7 @@ pub mod vectors;
 mod wire;
 
 pub use client::{ClientConfig, ClientError, TerminalClient};
-pub use code::{AnswerCode, CardState, Channel, MealPeriod};
+pub use code::{AnswerCode, CardState, Channel, MealPeriod, snake_case};
 pub use codec::{FrameCodec, Outgoing};
 pub use error::{DecodeError, EncodeError, FrameError, MacError, PinError, SendError};
 pub use frame::{Envelope, Frame, Header, VERSION};

@@ -169,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         .route("/accounts/{account}", get(ledger::account))
         .route("/transfers/{id}", get(ledger::transfer))
         .route("/audit", get(ledger::audit))
+        .route("/verify", get(ledger::verify))
         .fallback(not_found);
     Router::new()
         .route("/healthz", get(health::healthz))

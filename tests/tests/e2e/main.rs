@@ -4,6 +4,7 @@ mod abuse;
 mod api;
 mod demo;
 mod front_door;
+mod loadtest;
 mod shutdown;
 mod support;
 mod terminals;
