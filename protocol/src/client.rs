@@ -130,6 +130,9 @@ pub struct TerminalClient {
     outbound: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
     in_flight: Semaphore,
+    /// Held while a sequence is chosen and its frame queued, so frames leave in
+    /// sequence order.
+    order: tokio::sync::Mutex<()>,
     sign_on: SignOnAnswer,
 }
 
@@ -222,6 +225,7 @@ impl TerminalClient {
             outbound,
             shared,
             in_flight: Semaphore::new(PIPELINE_REQUESTS_MAX),
+            order: tokio::sync::Mutex::new(()),
             sign_on: placeholder,
             config,
         };
@@ -287,8 +291,34 @@ impl TerminalClient {
     /// [`ClientError::Disconnected`] if the connection drops,
     /// [`ClientError::UnexpectedAnswer`] for an answer of the wrong type.
     pub async fn call(&self, request: Request) -> Result<Answer, ClientError> {
+        self.call_numbered(|_| request).await.1
+    }
+
+    /// Sends the request `build` makes for the next sequence, and says which sequence
+    /// it went under (to retry or reverse it later). Choosing the sequence and queueing
+    /// the frame happen under one lock, so pipelined calls leave in sequence order: the
+    /// server would take a transaction that overtook a later one as a stale retry.
+    ///
+    /// # Errors
+    /// As [`TerminalClient::call`], beside the sequence.
+    pub async fn call_numbered(
+        &self,
+        build: impl FnOnce(u64) -> Request,
+    ) -> (u64, Result<Answer, ClientError>) {
+        let Ok(permit) = self.in_flight.acquire().await else {
+            return (0, Err(self.disconnected()));
+        };
+        let order = self.order.lock().await;
         let sequence = self.next_sequence();
-        self.call_with_sequence(sequence, request).await
+        let request = build(sequence);
+        let sent = self.send_first(sequence, &request).await;
+        drop(order);
+        let result = match sent {
+            Ok((frame, rx)) => self.await_answer(sequence, &request, frame, rx).await,
+            Err(error) => Err(error),
+        };
+        drop(permit);
+        (sequence, self.settle(&request, result).await)
     }
 
     /// As [`TerminalClient::call`], with a sequence the caller chose: a retry after
@@ -301,9 +331,24 @@ impl TerminalClient {
         sequence: u64,
         request: Request,
     ) -> Result<Answer, ClientError> {
-        match self.exchange(sequence, &request).await {
+        let permit = self.in_flight.acquire().await.map_err(|_| self.disconnected())?;
+        let (frame, rx) = self.send_first(sequence, &request).await?;
+        let result = self.await_answer(sequence, &request, frame, rx).await;
+        drop(permit);
+        self.settle(&request, result).await
+    }
+
+    /// A request that got no answer after every attempt is reversed, if the config
+    /// says so and the request moves money. (Called without an in-flight permit: the
+    /// reversal needs one of its own.)
+    async fn settle(
+        &self,
+        request: &Request,
+        result: Result<Answer, ClientError>,
+    ) -> Result<Answer, ClientError> {
+        match result {
             Err(ClientError::NoAnswer { sequence, attempts }) if self.config.reverse_on_give_up => {
-                match reversal_for(&request, sequence) {
+                match reversal_for(request, sequence) {
                     Some(reversal) => {
                         let answer = Box::pin(self.call(Request::Reversal(reversal))).await?;
                         Err(ClientError::GaveUp { sequence, reversal: answer.code() })
@@ -324,16 +369,17 @@ impl TerminalClient {
         mut purchase: Purchase,
         pin: Option<&Pin>,
     ) -> Result<Answer, ClientError> {
-        let sequence = self.next_sequence();
-        if let Some(pin) = pin {
-            let context = PinContext {
-                terminal_id: self.terminal_id,
-                sequence,
-                card_number: purchase.card_number,
-            };
-            purchase.pin_block = Some(PinBlock::seal(&self.pin_key, context, pin));
-        }
-        self.call_with_sequence(sequence, Request::Purchase(purchase)).await
+        let terminal_id = self.terminal_id;
+        self.call_numbered(|sequence| {
+            if let Some(pin) = pin {
+                let context =
+                    PinContext { terminal_id, sequence, card_number: purchase.card_number };
+                purchase.pin_block = Some(PinBlock::seal(&self.pin_key, context, pin));
+            }
+            Request::Purchase(purchase)
+        })
+        .await
+        .1
     }
 
     /// Cancels this terminal's request `original_sequence` (a reversal, 冲正).
@@ -359,20 +405,45 @@ impl TerminalClient {
         answer
     }
 
-    /// One request, its retries with the same sequence, and its answer.
-    async fn exchange(&self, sequence: u64, request: &Request) -> Result<Answer, ClientError> {
-        let _permit = self.in_flight.acquire().await.map_err(|_| self.disconnected())?;
+    /// Encodes `request` under `sequence`, registers for its answer and queues the
+    /// first copy of the frame.
+    async fn send_first(
+        &self,
+        sequence: u64,
+        request: &Request,
+    ) -> Result<(Bytes, oneshot::Receiver<Answer>), ClientError> {
         let envelope = Envelope { terminal_id: self.terminal_id, sequence, timestamp_ms: now_ms() };
         let mut buf = BytesMut::new();
         frame::encode(envelope, request, Some(&self.mac_key), &mut buf)?;
         let frame = buf.freeze();
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         if let Some(reason) = self.shared.closed_reason() {
             return Err(ClientError::Disconnected { reason });
         }
         self.shared.pending().insert(sequence, tx);
-        let mut attempts = 0;
+        if self.outbound.send(frame.clone()).await.is_err() {
+            self.shared.pending().remove(&sequence);
+            return Err(self.disconnected());
+        }
+        Ok((frame, rx))
+    }
+
+    /// Waits for the answer to a frame already sent once, resending it with the same
+    /// sequence when the answer is late, up to the configured attempts.
+    async fn await_answer(
+        &self,
+        sequence: u64,
+        request: &Request,
+        frame: Bytes,
+        mut rx: oneshot::Receiver<Answer>,
+    ) -> Result<Answer, ClientError> {
+        let mut attempts = 1;
         let answer = loop {
+            match tokio::time::timeout(self.config.answer_timeout, &mut rx).await {
+                Ok(Ok(answer)) => break answer,
+                Ok(Err(_)) => return Err(self.disconnected()),
+                Err(_) => {} // late: resend with the same sequence
+            }
             if attempts == self.config.attempts_max {
                 self.shared.pending().remove(&sequence);
                 return Err(ClientError::NoAnswer { sequence, attempts });
@@ -381,11 +452,6 @@ impl TerminalClient {
             if self.outbound.send(frame.clone()).await.is_err() {
                 self.shared.pending().remove(&sequence);
                 return Err(self.disconnected());
-            }
-            match tokio::time::timeout(self.config.answer_timeout, &mut rx).await {
-                Ok(Ok(answer)) => break answer,
-                Ok(Err(_)) => return Err(self.disconnected()),
-                Err(_) => {} // late: resend with the same sequence
             }
         };
         let expected = answer_type(request.message_type());

@@ -319,3 +319,35 @@ async fn a_purchase_with_a_pin_carries_a_block_the_server_can_open() {
     let pin = sent.pin_block.expect("a PIN block").open(&pin_key, context).expect("opens");
     assert_eq!(&*pin.as_ascii(), b"2468");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_calls_from_many_tasks_leave_in_sequence_order() {
+    let (addr, seen) = serve(|header, request| match request {
+        Request::SignOn(_) => vec![Out::Signed(header.sequence, approved_sign_on(0))],
+        Request::Purchase(p) => {
+            let answer = transfer(AnswerCode::Approved, header.sequence, i64::from(p.amount_fen));
+            vec![Out::Signed(header.sequence, Answer::Purchase(answer))]
+        }
+        _ => vec![],
+    })
+    .await;
+    let client = Arc::new(connect(addr, fast()).await.expect("signs on"));
+    let calls: Vec<_> = (0..200u32)
+        .map(|i| {
+            let client = Arc::clone(&client);
+            tokio::spawn(async move { client.call_numbered(|_| purchase(i + 1)).await })
+        })
+        .collect();
+    let mut numbered = Vec::new();
+    for call in calls {
+        let (sequence, answer) = call.await.expect("a task");
+        let Answer::Purchase(answer) = answer.expect("answered") else { panic!("a purchase") };
+        assert_eq!(answer.transfer_id, sequence, "the answer to the sequence it went under");
+        numbered.push(sequence);
+    }
+    let sequences: Vec<u64> = seen.lock().expect("lock").iter().map(|(s, _)| *s).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "frames in sequence order: {sequences:?}");
+    numbered.sort_unstable();
+    numbered.dedup();
+    assert_eq!(numbered.len(), 200, "every call its own sequence");
+}
