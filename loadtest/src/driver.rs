@@ -280,6 +280,19 @@ fn purchase(card_number: u64, amount_fen: u32) -> Request {
     })
 }
 
+/// A top-up carries the channel's order number; the loadtest makes one from the
+/// terminal and the sequence, unique across the run.
+fn with_reference(request: Request, terminal: u32, sequence: u64) -> Request {
+    match request {
+        Request::TopUp(mut top_up) => {
+            let reference = format!("lt-{terminal}-{sequence}");
+            top_up.reference = Reference::new(reference.as_bytes()).unwrap_or(Reference::EMPTY);
+            Request::TopUp(top_up)
+        }
+        other => other,
+    }
+}
+
 /// The answer's code as reports name it.
 fn code_of(answer: &Answer) -> String {
     if answer.is_duplicate() { "duplicate".to_owned() } else { snake(answer.code()) }
@@ -308,7 +321,9 @@ async fn send(shared: &Shared, plan: Plan, scheduled: Instant, at_secs: f64) {
         match plan.kind {
             Kind::Refund => recent.pop_front(),
             Kind::Reversal => recent.pop_back(),
-            Kind::Retry => recent.back().copied(),
+            // Taken, not copied: two retries of one sequence at once would be one
+            // terminal racing itself, which no terminal does.
+            Kind::Retry => recent.pop_back(),
             _ => None,
         }
     };
@@ -316,20 +331,19 @@ async fn send(shared: &Shared, plan: Plan, scheduled: Instant, at_secs: f64) {
         plan.kind = Kind::Purchase;
     }
     // What the request is, and the money it moves if approved.
-    let (request, sequence, effect) = match (plan.kind, recent) {
+    let (request, retry_of, effect) = match (plan.kind, recent) {
         (Kind::TopUp, _) => {
-            let reference = format!("lt-{}-{}", terminal.spec.id, client.last_sequence() + 1);
             let request = Request::TopUp(TopUp {
                 card_number: plan.card,
                 amount_fen: plan.amount_fen,
                 channel: Channel::App,
-                reference: Reference::new(reference.as_bytes()).unwrap_or(Reference::EMPTY),
+                reference: Reference::EMPTY,
             });
-            (request, client.next_sequence(), Some(Effect::TopUp(i64::from(plan.amount_fen))))
+            (request, None, Some(Effect::TopUp(i64::from(plan.amount_fen))))
         }
         (Kind::Inquiry, _) => {
             let request = Request::BalanceInquiry(BalanceInquiry { card_number: plan.card });
-            (request, client.next_sequence(), None)
+            (request, None, None)
         }
         (Kind::Refund, Some(p)) => {
             let amount = (p.amount_fen / 2).max(1);
@@ -338,7 +352,7 @@ async fn send(shared: &Shared, plan: Plan, scheduled: Instant, at_secs: f64) {
                 purchase_transfer_id: p.transfer_id,
                 amount_fen: amount,
             });
-            (request, client.next_sequence(), Some(Effect::Refund(merchant, i64::from(amount))))
+            (request, None, Some(Effect::Refund(merchant, i64::from(amount))))
         }
         (Kind::Reversal, Some(p)) => {
             let request = Request::Reversal(Reversal {
@@ -347,17 +361,24 @@ async fn send(shared: &Shared, plan: Plan, scheduled: Instant, at_secs: f64) {
                 amount_fen: p.amount_fen,
             });
             let effect = Effect::Reversal(merchant, i64::from(p.amount_fen));
-            (request, client.next_sequence(), Some(effect))
+            (request, None, Some(effect))
         }
-        (Kind::Retry, Some(p)) => (purchase(p.card, p.amount_fen), p.sequence, None),
+        (Kind::Retry, Some(p)) => (purchase(p.card, p.amount_fen), Some(p.sequence), None),
         _ => (
             purchase(plan.card, plan.amount_fen),
-            client.next_sequence(),
+            None,
             Some(Effect::Purchase(merchant, i64::from(plan.amount_fen))),
         ),
     };
     let is_purchase = matches!(plan.kind, Kind::Purchase | Kind::Insufficient | Kind::LostCard);
-    let result = client.call_with_sequence(sequence, request).await;
+    let (sequence, result) = match retry_of {
+        Some(sequence) => (sequence, client.call_with_sequence(sequence, request).await),
+        None => {
+            client
+                .call_numbered(|sequence| with_reference(request, terminal.spec.id, sequence))
+                .await
+        }
+    };
     let latency = scheduled.elapsed();
     let outcome = match result {
         Ok(answer) => {

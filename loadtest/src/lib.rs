@@ -105,8 +105,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         bar.finish_and_clear();
     }
     drop(shared);
-    let recorder = Arc::try_unwrap(recorder)
-        .map_err(|_| anyhow::anyhow!("a request task outlived the run"))?;
     let recorded = recorder.finish();
     let check = match (&admin, before) {
         (Some(admin), Some(before)) => {

@@ -37,6 +37,10 @@ struct Cli {
     #[arg(long)]
     rate_scale: Option<f64>,
 
+    /// Offer a flat rate, requests per second, open loop (any scenario's mix).
+    #[arg(long)]
+    rate: Option<f64>,
+
     /// Use this many merchant terminals instead.
     #[arg(long)]
     terminals: Option<usize>,
@@ -79,6 +83,10 @@ fn main() -> ExitCode {
 fn main_result() -> anyhow::Result<bool> {
     let cli = Cli::parse();
     let mut scenario = Scenario::load(&cli.scenario)?;
+    if let Some(rate) = cli.rate {
+        scenario.mode = onecard_loadtest::scenario::Mode::Open;
+        scenario.rate = vec![[0.0, rate]];
+    }
     scenario.reshape(cli.duration_secs, cli.rate_scale);
     if let Some(terminals) = cli.terminals {
         scenario.terminals = terminals;
