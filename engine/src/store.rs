@@ -161,7 +161,12 @@ fn cf_options(name: &str) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     options.set_block_based_table_factory(&table);
-    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // The newest levels churn: every flush writes L0 and compaction soon rewrites it
+    // into L1. Compressing them costs CPU on the commit path's machine for data that
+    // lives minutes (LZ4 was 12% of the server's CPU at saturation, BENCHMARKS.md);
+    // the deeper levels, where the bytes settle, are compressed.
+    use rocksdb::DBCompressionType::{Lz4, None as Plain};
+    options.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
     if name == CF_BALANCES {
         options.set_merge_operator_associative("onecard-balance", merge_balance);
     }
