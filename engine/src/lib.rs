@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod postings;
 pub mod shard;
 pub mod store;
+pub mod terminal_state;
 pub mod verify;
 
 pub use account::{AccountId, AccountKind};

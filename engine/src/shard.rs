@@ -44,10 +44,10 @@ use crate::journal::{
 use crate::ledger::Shared;
 use crate::limits::{
     BATCH_REQUESTS_MAX, PIN_FAILURES_MAX, RECENT_BATCHES_MAX, RETRY_WINDOW_REQUESTS,
-    TERMINAL_HISTORY_BATCHES_MAX,
 };
 use crate::postings::Postings;
 use crate::store::{journal_cf, prefixed_key, shard_key, synced};
+pub(crate) use crate::terminal_state::TerminalState;
 
 /// A terminal request as the front door hands it to the ledger.
 #[derive(Debug, Clone)]
@@ -199,56 +199,17 @@ impl TerminalWindow {
         }
     }
 
-    /// The persisted form: last sequence, floor, blacklist version (8 bytes each,
-    /// LE), then the distinct batch keys the retained answers are in (count 2 bytes
-    /// LE, 16 bytes each).
-    fn encode(&self) -> Vec<u8> {
-        let mut batches: Vec<[u8; 16]> = Vec::new();
-        for entry in &self.entries {
-            if let Some(key) = entry.batch
-                && !batches.contains(&key)
-            {
-                batches.push(key);
-            }
+    /// The operand a batch holding this terminal's newest answers merges into its
+    /// persisted state (see [`crate::terminal_state`]).
+    fn operand(&self, batch: [u8; 16]) -> TerminalState {
+        let keep_from = self.entries.iter().find_map(|entry| entry.batch).unwrap_or(batch);
+        TerminalState {
+            last_sequence: self.last_sequence,
+            floor: self.floor,
+            blacklist_version: self.blacklist_version,
+            keep_from,
+            batches: vec![batch],
         }
-        debug_assert!(batches.len() <= TERMINAL_HISTORY_BATCHES_MAX);
-        let mut out = Vec::with_capacity(26 + batches.len() * 16);
-        out.extend_from_slice(&self.last_sequence.to_le_bytes());
-        out.extend_from_slice(&self.floor.to_le_bytes());
-        out.extend_from_slice(&self.blacklist_version.to_le_bytes());
-        out.extend_from_slice(&u16::try_from(batches.len()).unwrap_or(u16::MAX).to_le_bytes());
-        for key in batches {
-            out.extend_from_slice(&key);
-        }
-        out
-    }
-}
-
-/// A terminal's persisted state, decoded.
-pub(crate) struct TerminalState {
-    pub last_sequence: u64,
-    pub floor: u64,
-    pub blacklist_version: u64,
-    pub batches: Vec<[u8; 16]>,
-}
-
-impl TerminalState {
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let word = |at: usize| {
-            bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
-        };
-        let count = usize::from(u16::from_le_bytes(bytes.get(24..26)?.try_into().ok()?));
-        if bytes.len() != 26 + count * 16 {
-            return None;
-        }
-        let batches =
-            bytes[26..].chunks_exact(16).map(|c| c.try_into().expect("16 bytes")).collect();
-        Some(Self {
-            last_sequence: word(0)?,
-            floor: word(8)?,
-            blacklist_version: word(16)?,
-            batches,
-        })
     }
 }
 
@@ -608,7 +569,7 @@ impl ShardWriter {
         for terminal in &work.touched {
             if let Some(window) = self.windows.get(terminal) {
                 let key = prefixed_key(shard_key::TERMINAL_STATE, &terminal.to_be_bytes());
-                write.put_cf(journal, key, window.encode());
+                write.merge_cf(journal, key, window.operand(work.key).encode());
             }
         }
         let options =

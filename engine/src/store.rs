@@ -26,7 +26,7 @@ use crate::journal::CONTROL_JOURNAL;
 use crate::limits::SHARDS_MAX;
 
 /// The store layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Column family of node-wide metadata.
 pub const CF_META: &str = "meta";
@@ -177,6 +177,10 @@ fn cf_options(name: &str) -> Options {
     }
     if name.starts_with("journal") {
         options.set_write_buffer_size(128 << 20);
+        options.set_merge_operator_associative(
+            "onecard-terminal-state",
+            crate::terminal_state::merge_terminal_state,
+        );
     }
     options
 }
@@ -198,6 +202,7 @@ impl Store {
         options.set_max_background_jobs(2);
         options.set_bytes_per_sync(1 << 20);
         options.set_enable_pipelined_write(true);
+        options.set_enable_write_thread_adaptive_yield(false);
         let existing = DB::list_cf(&options, path).unwrap_or_default();
         let recorded =
             if existing.is_empty() { None } else { Self::recorded_shards(path, &existing)? };

@@ -5,7 +5,7 @@ use onecard_engine::account::{AccountId, AccountKind};
 use onecard_engine::cards::{CardType, LimitOverrides, Purse};
 use onecard_engine::journal::CONTROL_JOURNAL;
 use onecard_engine::{BusinessDate, ControlError};
-use onecard_protocol::message::{OfflineRecord, OfflineUpload};
+use onecard_protocol::message::{OfflineRecord, OfflineUpload, TransferAnswer};
 use onecard_protocol::pin::PIN_KEY_LABEL;
 use onecard_protocol::{
     Answer, AnswerCode, CardState, MacAlgorithm, MacKey, MealPeriod, Pin, PinBlock, PinContext,
@@ -213,6 +213,40 @@ fn a_retry_gets_the_original_answer_and_changes_nothing_even_after_reopen() {
             .load(std::sync::atomic::Ordering::Acquire),
         refused_sequence
     );
+    campus.assert_verified();
+}
+
+#[test]
+fn a_window_spread_over_many_batches_is_rebuilt_whole_on_reopen() {
+    let mut campus = Campus::new("window-batches");
+    campus.open_card(1001, CardType::Staff);
+    campus.top_up(1001, 500_00);
+    let canteen = campus.terminals.canteen_a;
+    // One purchase per batch: the terminal's state names one batch per retained answer
+    // and must let go of the older ones as they leave the window.
+    let answers: Vec<(u64, TransferAnswer)> = (0..100)
+        .map(|_| {
+            let answer = campus.buy(canteen, 1001, 1);
+            (campus.last_sequence(canteen), answer)
+        })
+        .collect();
+    let retained = campus.ledger().terminal_answers(canteen).expect("reads");
+    assert_eq!(retained.len(), onecard_engine::limits::RETRY_WINDOW_REQUESTS);
+    campus.reopen();
+    let balance = campus.balance(1001);
+    for (sequence, first) in
+        &answers[answers.len() - onecard_engine::limits::RETRY_WINDOW_REQUESTS..]
+    {
+        let retry = transfer(campus.send_at(canteen, *sequence, purchase(1001, 1)));
+        assert!(retry.duplicate, "sequence {sequence} is answered from the rebuilt window");
+        assert_eq!(retry.transfer_id, first.transfer_id);
+    }
+    let (oldest, _) = answers[0];
+    assert_eq!(
+        transfer(campus.send_at(canteen, oldest, purchase(1001, 1))).code,
+        AnswerCode::StaleSequence
+    );
+    assert_eq!(campus.balance(1001), balance);
     campus.assert_verified();
 }
 
