@@ -78,3 +78,11 @@ const _: () = assert!(BATCH_REQUESTS_MAX <= SHARD_QUEUE_REQUESTS_MAX);
 const _: () = assert!(
     BATCH_REQUESTS_MAX * 2 * onecard_protocol::limits::OFFLINE_RECORDS_MAX < u32::MAX as usize
 );
+
+/// Bytes all memtables together may hold before RocksDB flushes the largest, whatever
+/// the column families' own sizes: the bound that keeps a busy server's memory flat.
+pub const MEMTABLE_BYTES_MAX: usize = 128 << 20;
+
+/// Bytes of RocksDB's block cache, shared by every column family; index and filter
+/// blocks live in it too, so the SST metadata of a large store is bounded by it.
+pub const BLOCK_CACHE_BYTES: usize = 64 << 20;

@@ -18,12 +18,13 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, MergeOperands, Options,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, MergeOperands, Options,
+    WriteBufferManager,
 };
 
 use crate::cards::CardMoney;
 use crate::journal::CONTROL_JOURNAL;
-use crate::limits::SHARDS_MAX;
+use crate::limits::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES_MAX, SHARDS_MAX};
 
 /// The store layout this build reads and writes.
 pub const FORMAT_VERSION: u32 = 3;
@@ -156,10 +157,13 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn cf_options(name: &str) -> Options {
+fn cf_options(name: &str, cache: &Cache) -> Options {
     let mut options = Options::default();
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     options.set_block_based_table_factory(&table);
     // The newest levels churn: every flush writes L0 and compaction soon rewrites it
     // into L1. Compressing them costs CPU on the commit path's machine for data that
@@ -176,7 +180,7 @@ fn cf_options(name: &str) -> Options {
         options.set_write_buffer_size(16 << 20);
     }
     if name.starts_with("journal") {
-        options.set_write_buffer_size(128 << 20);
+        options.set_write_buffer_size(64 << 20);
         options.set_merge_operator_associative(
             "onecard-terminal-state",
             crate::terminal_state::merge_terminal_state,
@@ -202,6 +206,11 @@ impl Store {
         options.set_max_background_jobs(2);
         options.set_bytes_per_sync(1 << 20);
         options.set_enable_pipelined_write(true);
+        options.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(
+            MEMTABLE_BYTES_MAX,
+            false,
+        ));
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         options.set_enable_write_thread_adaptive_yield(false);
         let existing = DB::list_cf(&options, path).unwrap_or_default();
         let recorded =
@@ -223,7 +232,8 @@ impl Store {
                 names.push(name);
             }
         }
-        let families = names.iter().map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
+        let families =
+            names.iter().map(|name| ColumnFamilyDescriptor::new(name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(rocks)?;
         let store = Self { db, path: path.to_owned(), shards, families: names };
         let meta = store.cf(CF_META);

@@ -142,8 +142,6 @@ pub fn verify(
     if total != 0 {
         report.problems.push(format!("account balances sum to {total} fen, not zero"));
     }
-    check_balances(store, &derived, &mut report)?;
-    check_marks(store, &last_ids, &mut report)?;
     if let Some(cards) = in_memory {
         for (account, main, restricted) in cards {
             let stored_main = derived.get(&AccountId::card(*account)).copied().unwrap_or(0);
@@ -156,17 +154,35 @@ pub fn verify(
             }
         }
     }
+    check_balances(store, derived, &mut report)?;
+    check_marks(store, &last_ids, &mut report)?;
     Ok(report)
 }
 
 fn check_balances(
     store: &Store,
-    derived: &HashMap<AccountId, i64>,
+    mut derived: HashMap<AccountId, i64>,
     report: &mut VerifyReport,
 ) -> Result<(), rocksdb::Error> {
     let balances = store.cf(CF_BALANCES);
-    let mut seen: HashMap<AccountId, i64> = HashMap::new();
     let mut card_pool_stored = None;
+    let mut card_pool = 0i64;
+    // Each stored balance is checked against the postings and taken out of them, so
+    // one map (not two) holds a large store's accounts.
+    let mut compare = |account: AccountId, stored: i64, report: &mut VerifyReport| {
+        let expected = derived.remove(&account).unwrap_or(0);
+        if stored != expected {
+            report.problems.push(format!(
+                "{account}: stored balance {stored} fen, postings give {expected} fen"
+            ));
+        }
+        if account.kind().is_card() {
+            card_pool += stored;
+        }
+        if stored != 0 {
+            report.accounts += 1;
+        }
+    };
     for item in store.db().iterator_cf(balances, IteratorMode::Start) {
         let (key, value) = item?;
         if key.as_ref() == KEY_CARD_POOL {
@@ -186,8 +202,8 @@ fn check_balances(
                 report.problems.push(format!("balances: {account} holds {} bytes", value.len()));
                 continue;
             };
-            seen.insert(account, money.balance_fen);
-            seen.insert(AccountId::card_restricted(account.number()), money.restricted_fen);
+            compare(account, money.balance_fen, report);
+            compare(AccountId::card_restricted(account.number()), money.restricted_fen, report);
             if money.balance_fen < 0 || money.restricted_fen < 0 {
                 report.problems.push(format!(
                     "card account {} is below zero: {}/{} fen",
@@ -198,35 +214,20 @@ fn check_balances(
             }
         } else {
             match <[u8; 8]>::try_from(value.as_ref()) {
-                Ok(bytes) => {
-                    seen.insert(account, i64::from_le_bytes(bytes));
-                }
+                Ok(bytes) => compare(account, i64::from_le_bytes(bytes), report),
                 Err(_) => {
                     report.problems.push(format!("balances: {account} holds {} bytes", value.len()))
                 }
             }
         }
     }
-    let mut card_pool = 0i64;
-    for (account, stored) in &seen {
-        let expected = derived.get(account).copied().unwrap_or(0);
-        if *stored != expected {
-            report.problems.push(format!(
-                "{account}: stored balance {stored} fen, postings give {expected} fen"
-            ));
-        }
-        if account.kind().is_card() {
-            card_pool += stored;
-        }
-    }
     for (account, expected) in derived {
-        if *expected != 0 && !seen.contains_key(account) {
+        if expected != 0 {
             report
                 .problems
                 .push(format!("{account}: postings give {expected} fen but no balance is stored"));
         }
     }
-    report.accounts = seen.values().filter(|fen| **fen != 0).count() as u64;
     report.card_pool_fen = card_pool;
     if card_pool_stored.unwrap_or(0) != card_pool {
         report.problems.push(format!(
