@@ -305,11 +305,34 @@ impl TerminalClient {
         &self,
         build: impl FnOnce(u64) -> Request,
     ) -> (u64, Result<Answer, ClientError>) {
+        self.call_at(None, build).await
+    }
+
+    /// As [`TerminalClient::call`], with a sequence the caller chose: a retry after
+    /// reconnecting, or a test of the server's stale-sequence handling.
+    ///
+    /// # Errors
+    /// As [`TerminalClient::call`].
+    pub async fn call_with_sequence(
+        &self,
+        sequence: u64,
+        request: Request,
+    ) -> Result<Answer, ClientError> {
+        self.call_at(Some(sequence), |_| request).await.1
+    }
+
+    /// One call: the sequence given, or the next one chosen under the order lock
+    /// together with queueing the frame; then the answer, and the give-up rule.
+    async fn call_at(
+        &self,
+        sequence: Option<u64>,
+        build: impl FnOnce(u64) -> Request,
+    ) -> (u64, Result<Answer, ClientError>) {
         let Ok(permit) = self.in_flight.acquire().await else {
-            return (0, Err(self.disconnected()));
+            return (sequence.unwrap_or(0), Err(self.disconnected()));
         };
         let order = self.order.lock().await;
-        let sequence = self.next_sequence();
+        let sequence = sequence.unwrap_or_else(|| self.next_sequence());
         let request = build(sequence);
         let sent = self.send_first(sequence, &request).await;
         drop(order);
@@ -319,23 +342,6 @@ impl TerminalClient {
         };
         drop(permit);
         (sequence, self.settle(&request, result).await)
-    }
-
-    /// As [`TerminalClient::call`], with a sequence the caller chose: a retry after
-    /// reconnecting uses the original request's sequence.
-    ///
-    /// # Errors
-    /// As [`TerminalClient::call`].
-    pub async fn call_with_sequence(
-        &self,
-        sequence: u64,
-        request: Request,
-    ) -> Result<Answer, ClientError> {
-        let permit = self.in_flight.acquire().await.map_err(|_| self.disconnected())?;
-        let (frame, rx) = self.send_first(sequence, &request).await?;
-        let result = self.await_answer(sequence, &request, frame, rx).await;
-        drop(permit);
-        self.settle(&request, result).await
     }
 
     /// A request that got no answer after every attempt is reversed, if the config

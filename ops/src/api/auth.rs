@@ -562,11 +562,7 @@ pub async fn operator_action(
             record
         }
         _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no operator action {action:?}"),
-            ));
+            return Err(ApiError::unknown_action("operator", &action));
         }
     };
     Ok(Json(OperatorView::from(&record)))

@@ -172,11 +172,7 @@ pub async fn action(
             "freeze" => onecard_engine::Ledger::freeze,
             "unfreeze" => onecard_engine::Ledger::unfreeze,
             _ => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no card action {action:?}"),
-                ));
+                return Err(ApiError::unknown_action("card", &action));
             }
         };
     let audit_action = format!("card.{}", action.replace('-', "_"));

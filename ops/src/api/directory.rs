@@ -141,11 +141,7 @@ pub async fn merchant_action(
             })?
         }
         _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no merchant action {action:?}"),
-            ));
+            return Err(ApiError::unknown_action("merchant", &action));
         }
     };
     Ok(Json(MerchantJson::new(&record, None)))
@@ -315,11 +311,7 @@ pub async fn terminal_action(
             })?;
         }
         _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no terminal action {action:?}"),
-            ));
+            return Err(ApiError::unknown_action("terminal", &action));
         }
     }
     let terminal =

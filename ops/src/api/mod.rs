@@ -246,6 +246,12 @@ impl ApiError {
         Self { status, code, message: message.into() }
     }
 
+    /// 404 for `POST /api/{resource}s/{id}/{action}` with an action the resource
+    /// does not have.
+    pub fn unknown_action(resource: &str, action: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no {resource} action {action:?}"))
+    }
+
     fn storage(error: &impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
