@@ -2,10 +2,13 @@
 //!
 //! A business date is held as `yyyymmdd` in a `u32`, the form the wire and the
 //! settlement files use. The day turns at a configured local time in a configured
-//! fixed offset from UTC (China has no daylight saving); the guarded day cutover that
-//! moves the ledger from one date to the next is the settlement module's, and until it
-//! runs the ledger stamps transfers with the date it holds.
+//! fixed offset from UTC (China has no daylight saving). A transfer counts for the
+//! date its batch commits on: the later of the ledger's open date and the date the
+//! clock says, so the millisecond after the turn already belongs to the new day. The
+//! guarded cutover that closes the old date is `Ledger::cutover`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A business date, `yyyymmdd`.
@@ -46,6 +49,33 @@ impl BusinessDate {
         Self(u32::try_from(packed).unwrap_or(19_700_101))
     }
 
+    /// Days since 1970-01-01.
+    #[must_use]
+    pub fn to_unix_days(self) -> i64 {
+        // Civil date to days, after Howard Hinnant's `days_from_civil`.
+        let (year, month, day) =
+            (i64::from(self.0 / 10_000), i64::from(self.0 / 100 % 100), i64::from(self.0 % 100));
+        let year = if month <= 2 { year - 1 } else { year };
+        let era = year.div_euclid(400);
+        let yoe = year.rem_euclid(400);
+        let mp = if month > 2 { month - 3 } else { month + 9 };
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    /// The day after.
+    #[must_use]
+    pub fn next(self) -> Self {
+        Self::from_unix_days(self.to_unix_days() + 1)
+    }
+
+    /// The day before.
+    #[must_use]
+    pub fn previous(self) -> Self {
+        Self::from_unix_days(self.to_unix_days() - 1)
+    }
+
     /// The business date at `unix_ms`, for a day that turns `cutover_minutes` after
     /// local midnight in a zone `utc_offset_minutes` east of UTC.
     #[must_use]
@@ -82,6 +112,41 @@ pub fn now_ms() -> u64 {
         .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The clock the ledger stamps commits and business dates with: the system's, or in
+/// tests a hand-set one, so a test can commit at 23:59:59.999 and then at midnight.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// The system clock.
+    #[default]
+    System,
+    /// A clock that reads what it was last set to.
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// A hand-set clock reading `unix_ms`.
+    #[must_use]
+    pub fn manual(unix_ms: u64) -> Self {
+        Self::Manual(Arc::new(AtomicU64::new(unix_ms)))
+    }
+
+    /// Milliseconds since the Unix epoch, by this clock.
+    #[must_use]
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Self::System => now_ms(),
+            Self::Manual(at) => at.load(Ordering::Acquire),
+        }
+    }
+
+    /// Sets a hand-set clock; the system clock cannot be set and ignores it.
+    pub fn set_ms(&self, unix_ms: u64) {
+        if let Self::Manual(at) = self {
+            at.store(unix_ms, Ordering::Release);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +166,18 @@ mod tests {
         assert_eq!(BusinessDate::at(before + 1000, 480, 0).to_yyyymmdd(), 20_260_902);
         // With a 02:00 cutover the night's purchases still count for the 1st.
         assert_eq!(BusinessDate::at(before + 1000, 480, 120).to_yyyymmdd(), 20_260_901);
+    }
+
+    #[test]
+    fn days_round_trip_and_step() {
+        for days in [0, 59, 60, 365, 11_016, 20_699, 2_932_896] {
+            assert_eq!(BusinessDate::from_unix_days(days).to_unix_days(), days);
+        }
+        let leap = BusinessDate::from_yyyymmdd(20_240_228).expect("date");
+        assert_eq!(leap.next().to_yyyymmdd(), 20_240_229);
+        assert_eq!(leap.next().next().to_yyyymmdd(), 20_240_301);
+        let new_year = BusinessDate::from_yyyymmdd(20_270_101).expect("date");
+        assert_eq!(new_year.previous().to_yyyymmdd(), 20_261_231);
     }
 
     #[test]

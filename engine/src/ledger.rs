@@ -33,7 +33,7 @@ use crate::cards::{
     AccountRecord, AccountState, CardAccount, CardEntry, CardMoney, CardTable, CardType,
     LimitOverrides, Limits, PinHash,
 };
-use crate::date::{BusinessDate, now_ms};
+use crate::date::{BusinessDate, Clock, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
 use crate::journal::{
     Batch, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key, first_transfer_id,
@@ -45,13 +45,14 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::postings::{Postings, index_key};
+use crate::settlement::MealHours;
 use crate::shard::{
     Command, RecoveredShard, ShardStats, ShardWriter, Submission, TerminalState, rebuild_window,
     refusal,
 };
 use crate::store::{
-    CF_BALANCES, CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, OpenError, Store, control_key,
-    journal_cf, prefixed_key, shard_key, synced,
+    CF_BALANCES, CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, KEY_CLOSED_THROUGH, OpenError,
+    Store, control_key, journal_cf, prefixed_key, shard_key, synced,
 };
 
 /// How a ledger runs.
@@ -65,6 +66,10 @@ pub struct LedgerConfig {
     pub utc_offset_minutes: i32,
     /// Minutes after local midnight at which the business day turns.
     pub cutover_minutes: u32,
+    /// The clock commits and business dates are stamped with.
+    pub clock: Clock,
+    /// Where one meal period ends and the next begins, for settlement.
+    pub meal_hours: MealHours,
 }
 
 impl Default for LedgerConfig {
@@ -75,6 +80,8 @@ impl Default for LedgerConfig {
             sync: true,
             utc_offset_minutes: 480,
             cutover_minutes: 0,
+            clock: Clock::System,
+            meal_hours: MealHours::default(),
         }
     }
 }
@@ -143,6 +150,34 @@ pub enum ControlError {
     /// A number that must not be zero.
     #[error("{0} must not be zero")]
     Zero(&'static str),
+    /// Settlement of a date that has not been closed by its cutover.
+    #[error("business date {date} is not closed yet (closed through {closed_through})")]
+    DateNotClosed {
+        /// The date asked for.
+        date: BusinessDate,
+        /// The last closed date.
+        closed_through: BusinessDate,
+    },
+    /// A stored record this build cannot read.
+    #[error("corrupt {0}")]
+    Corrupt(String),
+    /// An account that does not exist (a channel or single account number out of
+    /// range).
+    #[error("no account {0}")]
+    UnknownAccount(String),
+    /// A transfer from an account to itself.
+    #[error("{0} cannot be both debited and credited")]
+    SameAccount(String),
+    /// A cutover of a date after the open one, or of a day that has not begun.
+    #[error(
+        "business date {date} cannot close: the open date is {open}, and a day closes only once it has begun"
+    )]
+    DateNotOpen {
+        /// The date asked for.
+        date: BusinessDate,
+        /// The open date.
+        open: BusinessDate,
+    },
     /// The store failed; nothing was changed.
     #[error("storage: {0}")]
     Storage(#[from] rocksdb::Error),
@@ -232,6 +267,17 @@ pub struct StatementCursor {
     pub transfer_id: u64,
 }
 
+/// What a day cutover did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutover {
+    /// The last closed date: it and every date before it take no more transfers.
+    pub closed_through: BusinessDate,
+    /// The open date.
+    pub open: BusinessDate,
+    /// Whether this call turned the day (false: it had turned already).
+    pub changed: bool,
+}
+
 /// A shard's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardHealth {
@@ -253,13 +299,15 @@ pub struct ShardHealth {
 
 /// Counters the control journal hands out.
 #[derive(Debug)]
-struct ControlState {
-    next_transfer_id: u64,
+pub(crate) struct ControlState {
+    pub next_transfer_id: u64,
     next_batch: u64,
     next_account: u64,
     next_merchant: u32,
     next_terminal: u32,
     blacklist_version: u64,
+    /// The business date of the control journal's last batch, `yyyymmdd` (0: none).
+    last_date: u32,
 }
 
 /// What every thread of the ledger shares.
@@ -270,16 +318,59 @@ pub(crate) struct Shared {
     pub config: LedgerConfig,
     pub metrics: Arc<Metrics>,
     audit: AuditLog,
+    /// The open business date, `yyyymmdd`: no commit counts for an earlier one.
     business_date: AtomicU32,
+    /// The last closed business date, `yyyymmdd`: no commit can count for it or an
+    /// earlier one any more.
+    closed_through: AtomicU32,
+    /// Held by whoever is turning the day.
+    cutover: Mutex<()>,
+    /// Held by whoever is settling a date.
+    pub settling: Mutex<()>,
     blacklist_version: AtomicU64,
     control: Mutex<ControlState>,
     fail_writes: Vec<AtomicBool>,
 }
 
 impl Shared {
-    /// The business date transfers are stamped with now.
-    pub fn business_date(&self) -> BusinessDate {
+    /// The open business date.
+    pub fn open_date(&self) -> BusinessDate {
         BusinessDate::from_yyyymmdd(self.business_date.load(Ordering::Acquire))
+            .expect("the ledger holds a valid date")
+    }
+
+    /// The business date a commit at `now_ms` counts for: the open date, or the date
+    /// the clock gives if the day has turned and the cutover has not run yet (so the
+    /// millisecond after the turn is already the new day's).
+    pub fn date_at(&self, now_ms: u64) -> BusinessDate {
+        let clock =
+            BusinessDate::at(now_ms, self.config.utc_offset_minutes, self.config.cutover_minutes);
+        self.open_date().max(clock)
+    }
+
+    /// The business date a commit now counts for.
+    pub fn business_date(&self) -> BusinessDate {
+        self.date_at(self.config.clock.now_ms())
+    }
+
+    /// Stores `open` as the open business date and the day before it as closed, in
+    /// one synced write, and sets both in memory. Callers make sure no commit can
+    /// still count for the closed days.
+    fn persist_dates(&self, open: BusinessDate) -> Result<(), rocksdb::Error> {
+        let closed = open.previous();
+        let meta = self.store.cf(CF_META);
+        let mut write = WriteBatch::default();
+        write.put_cf(meta, KEY_BUSINESS_DATE, open.to_yyyymmdd().to_be_bytes());
+        write.put_cf(meta, KEY_CLOSED_THROUGH, closed.to_yyyymmdd().to_be_bytes());
+        self.store.db().write_opt(write, &synced())?;
+        self.business_date.store(open.to_yyyymmdd(), Ordering::Release);
+        self.closed_through.store(closed.to_yyyymmdd(), Ordering::Release);
+        Ok(())
+    }
+
+    /// The last closed business date.
+    pub fn closed_through(&self) -> BusinessDate {
+        BusinessDate::from_yyyymmdd(self.closed_through.load(Ordering::Acquire))
             .expect("the ledger holds a valid date")
     }
 
@@ -319,7 +410,7 @@ impl Shared {
 
 /// The ledger: shards, cards, merchants and terminals over one store.
 pub struct Ledger {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     queues: Vec<Sender<Command>>,
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<ShardStats>>,
@@ -354,22 +445,20 @@ impl Ledger {
         let store = Store::open(path, config.shards)?;
         let db = store.db();
         let meta = store.cf(CF_META);
-        let date = match db.get_cf(meta, KEY_BUSINESS_DATE)? {
-            Some(bytes) => be_u32(&bytes)
-                .and_then(BusinessDate::from_yyyymmdd)
-                .ok_or_else(|| corrupt("business date", hex::encode(&bytes)))?,
-            None => {
-                let today =
-                    BusinessDate::at(now_ms(), config.utc_offset_minutes, config.cutover_minutes);
-                db.put_cf_opt(
-                    meta,
-                    KEY_BUSINESS_DATE,
-                    today.to_yyyymmdd().to_be_bytes(),
-                    &synced(),
-                )?;
-                today
-            }
+        let today = BusinessDate::at(
+            config.clock.now_ms(),
+            config.utc_offset_minutes,
+            config.cutover_minutes,
+        );
+        let stored = match db.get_cf(meta, KEY_BUSINESS_DATE)? {
+            Some(bytes) => Some(
+                be_u32(&bytes)
+                    .and_then(BusinessDate::from_yyyymmdd)
+                    .ok_or_else(|| corrupt("business date", hex::encode(&bytes)))?,
+            ),
+            None => None,
         };
+        let date = stored.map_or(today, |stored| stored.max(today));
         let directory = Directory::default();
         let cards = CardTable::default();
         let mut control = ControlState {
@@ -379,12 +468,15 @@ impl Ledger {
             next_merchant: 1,
             next_terminal: 1,
             blacklist_version: 0,
+            last_date: 0,
         };
         Self::load_control(&store, &directory, &cards, &mut control)?;
         if let Some(last) = last_batch(&store, CONTROL_JOURNAL)? {
             control.next_transfer_id = last.next_transfer_id();
             control.next_batch = last.number + 1;
+            control.last_date = last.business_date.to_yyyymmdd();
         }
+        let control_date = BusinessDate::from_yyyymmdd(control.last_date);
         let shards = store.shards();
         let blacklist_version = control.blacklist_version;
         let audit = AuditLog::open(&store)?;
@@ -396,6 +488,9 @@ impl Ledger {
             metrics: Arc::new(Metrics::new(shards)),
             audit,
             business_date: AtomicU32::new(date.to_yyyymmdd()),
+            closed_through: AtomicU32::new(date.previous().to_yyyymmdd()),
+            cutover: Mutex::new(()),
+            settling: Mutex::new(()),
             blacklist_version: AtomicU64::new(blacklist_version),
             control: Mutex::new(control),
             fail_writes: (0..=usize::from(shards)).map(|_| AtomicBool::new(false)).collect(),
@@ -403,8 +498,19 @@ impl Ledger {
         let mut queues = Vec::new();
         let mut threads = Vec::new();
         let mut stats = Vec::new();
+        // Nothing is in flight yet, so every date before the latest one any journal
+        // has committed, or the clock gives, is closed now.
+        let mut open = date.max(control_date.unwrap_or(date));
+        let mut recovered_shards = Vec::new();
         for shard in 0..shards {
             let recovered = recover_shard(&shared, shard)?;
+            if let Some(last) = BusinessDate::from_yyyymmdd(recovered.last_date) {
+                open = open.max(last);
+            }
+            recovered_shards.push(recovered);
+        }
+        shared.persist_dates(open)?;
+        for (shard, recovered) in (0..shards).zip(recovered_shards) {
             let (sender, receiver) = bounded(SHARD_QUEUE_REQUESTS_MAX);
             let shard_stats = Arc::new(ShardStats::default());
             let writer = ShardWriter::new(
@@ -599,21 +705,98 @@ impl Ledger {
         self.shared.business_date()
     }
 
-    /// Moves the ledger to `date`. The guarded day cutover is the settlement module's;
-    /// this is the step it (and tests) take.
+    /// The last closed business date: settlement may run for it and any before it.
+    #[must_use]
+    pub fn closed_through(&self) -> BusinessDate {
+        self.shared.closed_through()
+    }
+
+    /// The day cutover (日切) for `date`: closes it and opens the next day, early if the
+    /// clock has not reached the turn yet. Repeat-safe: closing a date already closed
+    /// changes nothing and says so.
     ///
     /// # Errors
-    /// If the date cannot be stored.
-    pub fn set_business_date(&self, date: BusinessDate) -> Result<(), rocksdb::Error> {
-        let meta = self.shared.store.cf(CF_META);
-        self.shared.store.db().put_cf_opt(
+    /// [`ControlError::DateNotOpen`] for a date after the open one, or one the clock
+    /// has not reached (a day can close early, but not before it has begun); a failed
+    /// write.
+    pub fn cutover(&self, date: BusinessDate) -> Result<Cutover, ControlError> {
+        let _turning = self.shared.cutover.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = self.shared.open_date();
+        if date < open {
+            return Ok(Cutover { closed_through: self.closed_through(), open, changed: false });
+        }
+        let config = &self.shared.config;
+        let today = BusinessDate::at(
+            config.clock.now_ms(),
+            config.utc_offset_minutes,
+            config.cutover_minutes,
+        );
+        if date > open || date > today {
+            return Err(ControlError::DateNotOpen { date, open });
+        }
+        self.turn(date.next())
+    }
+
+    /// The scheduled cutover: if the clock has passed the turn of the open date,
+    /// closes every date before the clock's. `None` if the day has not turned.
+    ///
+    /// # Errors
+    /// A failed write.
+    pub fn cutover_due(&self) -> Result<Option<Cutover>, ControlError> {
+        let _turning = self.shared.cutover.lock().unwrap_or_else(PoisonError::into_inner);
+        let config = &self.shared.config;
+        let today = BusinessDate::at(
+            config.clock.now_ms(),
+            config.utc_offset_minutes,
+            config.cutover_minutes,
+        );
+        if today <= self.shared.open_date() {
+            return Ok(None);
+        }
+        self.turn(today).map(Some)
+    }
+
+    /// Opens `date`, closing every date before it: a cutover over several days at
+    /// once. For tests and for a campus brought back after days away.
+    ///
+    /// # Errors
+    /// [`ControlError::InvalidDate`] for a date before the open one; a failed write.
+    pub fn set_business_date(&self, date: BusinessDate) -> Result<Cutover, ControlError> {
+        let _turning = self.shared.cutover.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = self.shared.open_date();
+        match date.cmp(&open) {
+            std::cmp::Ordering::Less => Err(ControlError::InvalidDate(date.to_yyyymmdd())),
+            std::cmp::Ordering::Equal => {
+                Ok(Cutover { closed_through: self.closed_through(), open, changed: false })
+            }
+            std::cmp::Ordering::Greater => self.turn(date),
+        }
+    }
+
+    /// Moves the open date to `open` and closes the days before it. The caller holds
+    /// the cutover lock. The open date is stored first; then every shard's writer and
+    /// the control plane are waited for once, so no batch that read the old date is
+    /// still being written; only then are the old days closed in memory, where
+    /// settlement looks.
+    fn turn(&self, open: BusinessDate) -> Result<Cutover, ControlError> {
+        let shared = &self.shared;
+        let meta = shared.store.cf(CF_META);
+        shared.store.db().put_cf_opt(
             meta,
             KEY_BUSINESS_DATE,
-            date.to_yyyymmdd().to_be_bytes(),
+            open.to_yyyymmdd().to_be_bytes(),
             &synced(),
         )?;
-        self.shared.business_date.store(date.to_yyyymmdd(), Ordering::Release);
-        Ok(())
+        shared.business_date.store(open.to_yyyymmdd(), Ordering::Release);
+        for stats in &self.stats {
+            drop(stats.batch_gate.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        drop(self.control());
+        shared.persist_dates(open)?;
+        let cutover = Cutover { closed_through: open.previous(), open, changed: true };
+        tracing::info!(closed_through = %cutover.closed_through, open = %open, "day cutover");
+        shared.metrics.business_date.set(i64::from(open.to_yyyymmdd()));
+        Ok(cutover)
     }
 
     /// The current blacklist version.
@@ -969,7 +1152,7 @@ impl Ledger {
 
     // ----- cards -----
 
-    fn control(&self) -> std::sync::MutexGuard<'_, ControlState> {
+    pub(crate) fn control(&self) -> std::sync::MutexGuard<'_, ControlState> {
         self.shared.control.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -1473,7 +1656,7 @@ impl Ledger {
 
     /// Writes one control batch: the transfers (with their balance merges and index
     /// keys) and whatever records `records` adds, synced.
-    fn commit_control(
+    pub(crate) fn commit_control(
         &self,
         control: &mut ControlState,
         transfers: &[ControlTransfer],
@@ -1489,8 +1672,11 @@ impl Ledger {
             store.db().write_opt(write, &synced())?;
             return Ok(());
         }
-        let date = self.shared.business_date();
-        let now = now_ms();
+        let now = self.shared.config.clock.now_ms();
+        let date = self.shared.date_at(now).max(
+            BusinessDate::from_yyyymmdd(control.last_date)
+                .unwrap_or(BusinessDate::from_unix_days(0)),
+        );
         let mut postings = Postings::default();
         let batch = Batch {
             number: control.next_batch,
@@ -1522,10 +1708,16 @@ impl Ledger {
         }
         postings.write(store, &mut write);
         let key = batch_key(batch.first_transfer_id, batch.number);
-        write.put_cf(store.cf(&journal_cf(CONTROL_JOURNAL)), key, batch.encode());
+        let journal = store.cf(&journal_cf(CONTROL_JOURNAL));
+        write.put_cf(journal, key, batch.encode());
+        if control.last_date != date.to_yyyymmdd() {
+            let day = prefixed_key(shard_key::DAY_START, &date.to_yyyymmdd().to_be_bytes());
+            write.put_cf(journal, day, key);
+        }
         store.db().write_opt(write, &synced())?;
         control.next_transfer_id = batch.next_transfer_id();
         control.next_batch += 1;
+        control.last_date = date.to_yyyymmdd();
         Ok(())
     }
 
@@ -1801,12 +1993,12 @@ pub struct SubsidyRow {
 }
 
 /// A control-plane transfer before it has an id.
-struct ControlTransfer {
-    debit: AccountId,
-    credit: AccountId,
-    amount_fen: i64,
-    kind: TransferKind,
-    card_number: u64,
+pub(crate) struct ControlTransfer {
+    pub debit: AccountId,
+    pub credit: AccountId,
+    pub amount_fen: i64,
+    pub kind: TransferKind,
+    pub card_number: u64,
 }
 
 /// Refuses an action on a closed card.

@@ -15,12 +15,17 @@
 //! - [`postings`] — the balance merges and index keys a batch derives.
 //! - [`shard`] — a shard's writer thread: decide a batch, commit it, answer.
 //! - [`ledger`] — opening and recovery, submission, control operations, queries.
+//! - [`settlement`] — merchant settlement of a closed business date.
+//! - [`reconcile`] — internal reconciliation of a closed business date.
+//! - [`statement`] — a top-up channel's statement matched against our top-ups.
+//! - [`adjustment`] — approved correcting transfers, posted exactly once.
 //! - [`verify`] — proving the invariants from disk.
 //! - [`metrics`] — the Prometheus metrics the engine keeps.
 //! - [`store`] — the RocksDB store: column families, key layout, merge operator.
 //! - [`frontdoor`] — the TCP listener and per-connection tasks terminals talk to.
 
 pub mod account;
+pub mod adjustment;
 pub mod audit;
 pub mod cards;
 pub mod date;
@@ -31,13 +36,16 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod postings;
+pub mod reconcile;
+pub mod settlement;
 pub mod shard;
+pub mod statement;
 pub mod store;
 pub mod terminal_state;
 pub mod verify;
 
 pub use account::{AccountId, AccountKind};
 pub use date::BusinessDate;
-pub use ledger::{ControlError, Ledger, LedgerConfig, LedgerError, OpenCard, SubsidyRow};
+pub use ledger::{ControlError, Cutover, Ledger, LedgerConfig, LedgerError, OpenCard, SubsidyRow};
 pub use shard::Submission;
 pub use verify::VerifyReport;

@@ -67,6 +67,10 @@ pub const TERMINAL_HISTORY_BATCHES_MAX: usize = RETRY_WINDOW_REQUESTS;
 /// Rows one subsidy batch posts in one control batch.
 pub const SUBSIDY_BATCH_ROWS_MAX: usize = 10_000;
 
+/// Discrepancies one reconciliation check lists; more are counted, not listed, so a
+/// badly broken store still gives a report of bounded size.
+pub const RECONCILIATION_DISCREPANCIES_MAX: usize = 1_000;
+
 /// Longest name a cardholder, merchant or terminal may have, in bytes.
 pub const NAME_BYTES_MAX: usize = 128;
 

@@ -17,8 +17,8 @@
 //!    every request in the batch `ServiceUnavailable`: nothing was approved.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use crossbeam::channel::Receiver;
@@ -28,15 +28,15 @@ use onecard_protocol::message::{
 };
 use onecard_protocol::pin::PIN_KEY_LABEL;
 use onecard_protocol::{
-    Answer, AnswerCode, Body, CardState, MacAlgorithm, MacKey, MealPeriod, MessageType, PinContext,
-    Request,
+    Answer, AnswerCode, Body, CardState, Channel, MacAlgorithm, MacKey, MealPeriod, MessageType,
+    PinContext, Request,
 };
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
 use crate::account::AccountId;
 use crate::cards::{AccountState, CardAccount, CardEntry};
-use crate::date::{BusinessDate, now_ms};
+use crate::date::BusinessDate;
 use crate::directory::{MerchantCategory, Terminal};
 use crate::journal::{
     Batch, BatchView, Entry, Transfer, TransferKind, batch_key, journal_of, read_transfer,
@@ -83,6 +83,9 @@ pub struct ShardStats {
     pub commit_us_total: AtomicU64,
     /// Set when a write failed; the shard refuses work until the store is reopened.
     pub poisoned: AtomicBool,
+    /// Held by the writer while it decides and writes a batch; the day cutover takes
+    /// it once to know that no batch stamped with the old date is still in flight.
+    pub batch_gate: Mutex<()>,
 }
 
 /// Why a batch did not become durable.
@@ -94,6 +97,37 @@ enum WriteFailure {
     /// A test asked this write to fail.
     #[error("injected write failure")]
     Injected,
+}
+
+/// The key of a top-up's channel reference: `0xF5` ++ business date (4, BE) ++
+/// transfer id (8, BE), so one date's references are one prefix.
+#[must_use]
+pub fn top_up_reference_key(date: BusinessDate, transfer_id: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = crate::store::shard_key::TOP_UP_REFERENCE;
+    key[1..5].copy_from_slice(&date.to_yyyymmdd().to_be_bytes());
+    key[5..].copy_from_slice(&transfer_id.to_be_bytes());
+    key
+}
+
+/// Its value: channel (1) ++ amount fen (8, LE) ++ reference length (1) ++ reference.
+fn top_up_reference_value(channel: Channel, fen: i64, reference: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(10 + reference.len());
+    value.push(channel.to_wire());
+    value.extend_from_slice(&fen.to_le_bytes());
+    value.push(u8::try_from(reference.len()).unwrap_or(u8::MAX));
+    value.extend_from_slice(reference);
+    value
+}
+
+/// A stored top-up reference: (channel, fen, reference), or `None` if malformed.
+#[must_use]
+pub fn decode_top_up_reference(value: &[u8]) -> Option<(Channel, i64, &[u8])> {
+    let channel = Channel::from_wire(*value.first()?).ok()?;
+    let fen = i64::from_le_bytes(value.get(1..9)?.try_into().ok()?);
+    let len = usize::from(*value.get(9)?);
+    let reference = value.get(10..10 + len)?;
+    (value.len() == 10 + len).then_some((channel, fen, reference))
 }
 
 /// One retained answer of a terminal.
@@ -344,6 +378,9 @@ struct Work {
     touched: HashSet<u32>,
     sale_marks: HashMap<u64, SaleMark>,
     offline_records: HashMap<(u32, u64), (AnswerCode, u64)>,
+    /// Approved top-ups that carried the channel's reference: (transfer, value of
+    /// their reference key).
+    top_up_references: Vec<(u64, Vec<u8>)>,
 }
 
 impl Work {
@@ -468,10 +505,17 @@ impl ShardWriter {
             }
             return;
         }
-        let date = self.shared.business_date();
+        // Held while the batch is decided and written: the cutover waits for it once
+        // after it moves the open date, so no batch of a closed date is still coming.
+        let gate = Arc::clone(&self.stats);
+        let _deciding = gate.batch_gate.lock().unwrap_or_else(PoisonError::into_inner);
+        let now_ms = self.shared.config.clock.now_ms();
+        let date = self.shared.date_at(now_ms).max(
+            BusinessDate::from_yyyymmdd(self.last_date).unwrap_or(BusinessDate::from_unix_days(0)),
+        );
         let mut work = Work {
             date,
-            now_ms: now_ms(),
+            now_ms,
             key: batch_key(self.next_transfer_id, self.next_batch),
             first_transfer_id: self.next_transfer_id,
             transfers: Vec::with_capacity(commands.len() * 2),
@@ -483,6 +527,7 @@ impl ShardWriter {
             touched: HashSet::new(),
             sale_marks: HashMap::new(),
             offline_records: HashMap::new(),
+            top_up_references: Vec::new(),
         };
         for command in commands.drain(..) {
             let answer = self.decide(&mut work, &command.terminal, &command.submission);
@@ -565,6 +610,9 @@ impl ShardWriter {
                 offline_key(*terminal, *sequence),
                 offline_value(*code, *transfer_id),
             );
+        }
+        for (transfer_id, value) in &work.top_up_references {
+            write.put_cf(journal, top_up_reference_key(work.date, *transfer_id), value);
         }
         for terminal in &work.touched {
             if let Some(window) = self.windows.get(terminal) {
@@ -853,6 +901,10 @@ impl ShardWriter {
                 continues: false,
             },
         );
+        if !top_up.reference.as_bytes().is_empty() {
+            let value = top_up_reference_value(top_up.channel, fen, top_up.reference.as_bytes());
+            work.top_up_references.push((first, value));
+        }
         Self::record(
             work,
             origin,

@@ -27,7 +27,12 @@ use crate::journal::CONTROL_JOURNAL;
 use crate::limits::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES_MAX, SHARDS_MAX};
 
 /// The store layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+
+/// The previous layout, which this build upgrades in place when it opens one: version
+/// 4 adds the control journal's day-start keys (`0xF4` ++ date), which settlement and
+/// reconciliation read a day's control batches by.
+const FORMAT_VERSION_UPGRADABLE: u32 = 3;
 
 /// Column family of node-wide metadata.
 pub const CF_META: &str = "meta";
@@ -46,8 +51,10 @@ pub const CF_ADMIN: &str = "admin";
 
 const KEY_FORMAT_VERSION: &[u8] = b"format_version";
 const KEY_SHARDS: &[u8] = b"shards";
-/// Meta key of the business date the ledger stamps transfers with.
+/// Meta key of the open business date: no commit counts for an earlier one.
 pub const KEY_BUSINESS_DATE: &[u8] = b"business_date";
+/// Meta key of the last closed business date (u32 BE `yyyymmdd`).
+pub const KEY_CLOSED_THROUGH: &[u8] = b"closed_through";
 
 /// Key of the card-pool control total in `balances`: the sum of every card movement
 /// ever committed, kept beside the per-card balances so `verify` can compare them.
@@ -78,6 +85,11 @@ pub mod control_key {
     pub const BLACKLIST: u8 = b'b';
     /// `n` ++ name → the next number to hand out (8, BE).
     pub const COUNTER: u8 = b'n';
+    /// `s` ++ business date (4, BE) → the date's settlement record (JSON), written in
+    /// the same batch as its payout and commission transfers.
+    pub const SETTLEMENT: u8 = b's';
+    /// `j` ++ adjustment id (8, BE) → the transfer it posted (8, BE), written with it.
+    pub const ADJUSTMENT: u8 = b'j';
 }
 
 /// Prefixes of a shard journal's non-batch keys. Batch keys start with the shard
@@ -92,6 +104,9 @@ pub mod shard_key {
     pub const OFFLINE_RECORD: u8 = 0xF3;
     /// `0xF4` ++ business date (4, BE) → key of the first batch of that date.
     pub const DAY_START: u8 = 0xF4;
+    /// `0xF5` ++ business date (4, BE) ++ transfer id (8, BE) → a top-up's channel
+    /// (1) ++ fen (8, LE) ++ reference length (1) ++ the channel's reference.
+    pub const TOP_UP_REFERENCE: u8 = 0xF5;
 }
 
 const _: () = assert!(SHARDS_MAX <= 0xF0);
@@ -248,12 +263,44 @@ impl Store {
                 let found = <[u8; 4]>::try_from(bytes.as_slice())
                     .map(u32::from_be_bytes)
                     .map_err(|_| corrupt("format version"))?;
-                if found != FORMAT_VERSION {
+                if found == FORMAT_VERSION_UPGRADABLE {
+                    store.upgrade_control_day_starts().map_err(rocks)?;
+                } else if found != FORMAT_VERSION {
                     return Err(OpenError::FormatVersion { path: path.to_owned(), found });
                 }
             }
         }
         Ok(store)
+    }
+
+    /// Version 3 to 4: writes a day-start key for the first control batch of each
+    /// business date, then the new version, in one synced write.
+    fn upgrade_control_day_starts(&self) -> Result<(), rocksdb::Error> {
+        let journal = self.cf(CF_JOURNAL_CONTROL);
+        let mut write = rocksdb::WriteBatch::default();
+        let mut last_date = None;
+        for item in self.db.iterator_cf(journal, rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            if key.len() != 16 || key[0] != CONTROL_JOURNAL {
+                continue;
+            }
+            let Some(date) = value.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+                continue;
+            };
+            let date = u32::from_le_bytes(date);
+            if last_date != Some(date) {
+                write.put_cf(
+                    journal,
+                    prefixed_key(shard_key::DAY_START, &date.to_be_bytes()),
+                    &key,
+                );
+                last_date = Some(date);
+            }
+        }
+        write.put_cf(self.cf(CF_META), KEY_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+        self.db.write_opt(write, &synced())?;
+        tracing::info!(path = %self.path.display(), "store upgraded to format version {FORMAT_VERSION}");
+        Ok(())
     }
 
     /// Reads the shard count of an existing store without opening its journals.
@@ -270,7 +317,7 @@ impl Store {
             .map_err(|source| OpenError::Rocks { path: path.to_owned(), source })?
         {
             let version = <[u8; 4]>::try_from(found.as_slice()).map(u32::from_be_bytes).ok();
-            if version != Some(FORMAT_VERSION) {
+            if version != Some(FORMAT_VERSION) && version != Some(FORMAT_VERSION_UPGRADABLE) {
                 return Err(OpenError::FormatVersion {
                     path: path.to_owned(),
                     found: version.unwrap_or(0),

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use onecard_engine::LedgerConfig;
+use onecard_engine::date::Clock;
 use onecard_engine::frontdoor::FrontDoorConfig;
+use onecard_engine::settlement::MealHours;
 use serde::Deserialize;
 
 /// Every configuration key. All optional here: what is not given keeps its default.
@@ -46,6 +48,26 @@ pub struct Settings {
     /// Local time the business day turns, HH:MM. [default: 00:00]
     #[arg(long, env = "ONECARD_CUTOVER")]
     pub cutover: Option<String>,
+
+    /// Where breakfast, lunch, dinner and night begin, for the settlement's meal
+    /// breakdown. [default: 05:00,10:30,16:00,20:00]
+    #[arg(long, env = "ONECARD_MEAL_HOURS")]
+    pub meal_hours: Option<String>,
+
+    /// Settle each date and write its files as soon as the day turns.
+    /// [default: true]
+    #[arg(long, env = "ONECARD_AUTO_SETTLE", num_args = 0..=1, default_missing_value = "true")]
+    pub auto_settle: Option<bool>,
+
+    /// Directory of top-up channel statement adapters, one `<name>.toml` each.
+    /// [default: <data_dir>/channel-adapters]
+    #[arg(long, env = "ONECARD_CHANNEL_ADAPTERS_DIR")]
+    pub channel_adapters_dir: Option<PathBuf>,
+
+    /// Directory the settlement files are written to, one folder per date.
+    /// [default: <data_dir>/settlements]
+    #[arg(long, env = "ONECARD_SETTLEMENT_DIR")]
+    pub settlement_dir: Option<PathBuf>,
 
     /// Terminal connections served at once; more wait in the kernel backlog.
     /// [default: 20000]
@@ -127,6 +149,10 @@ impl Settings {
             shards,
             utc_offset_minutes,
             cutover,
+            meal_hours,
+            auto_settle,
+            channel_adapters_dir,
+            settlement_dir,
             terminal_connections_max,
             terminal_idle_timeout_secs,
             frame_read_timeout_secs,
@@ -172,6 +198,12 @@ pub struct AuthConfig {
 pub struct Config {
     /// The store's directory.
     pub data_dir: PathBuf,
+    /// Where settlement files are written, one folder per date.
+    pub settlement_dir: PathBuf,
+    /// Settle each date as soon as the day turns.
+    pub auto_settle: bool,
+    /// Where channel statement adapters are.
+    pub channel_adapters_dir: PathBuf,
     /// The terminal port.
     pub terminal_listen: SocketAddr,
     /// The admin port.
@@ -268,8 +300,19 @@ impl Config {
             "demo_cards must be 1 to {}",
             crate::demo::DEMO_CARDS_MAX
         );
+        let meal_hours = settings
+            .meal_hours
+            .as_deref()
+            .map_or(Ok(defaults.meal_hours), MealHours::parse)
+            .map_err(anyhow::Error::msg)?;
+        let data_dir = settings.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         Ok(Self {
-            data_dir: settings.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            settlement_dir: settings.settlement_dir.unwrap_or_else(|| data_dir.join("settlements")),
+            auto_settle: settings.auto_settle.unwrap_or(true),
+            channel_adapters_dir: settings
+                .channel_adapters_dir
+                .unwrap_or_else(|| data_dir.join("channel-adapters")),
+            data_dir,
             terminal_listen: settings
                 .terminal_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700))),
@@ -281,6 +324,8 @@ impl Config {
                 sync: true,
                 utc_offset_minutes,
                 cutover_minutes: settings.cutover.as_deref().map_or(Ok(0), cutover_minutes)?,
+                clock: Clock::System,
+                meal_hours,
             },
             front_door,
             terminal_offline_after: secs(settings.terminal_offline_after_secs.unwrap_or(120)),

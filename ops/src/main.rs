@@ -1,16 +1,23 @@
 //! `onecard`: the binary that wires the engine to its store, its ports and its operators.
 //!
 //! # Layout
-//! - `main.rs` — the command line and the `serve` and `verify` commands.
+//! - `main.rs` — the command line and the `serve`, `verify`, `cutover` and `settle`
+//!   commands.
 //! - `config.rs` — the configuration: file, flags, environment.
 //! - `api/` — the admin and finance HTTP API, /metrics and health.
 //! - `operators.rs` — operators of the API and their passwords.
 //! - `demo.rs` — the demo campus.
+//! - `settlement_files.rs` — the settlement files finance pulls.
+//! - `day.rs` — the day cutover and settlement, on a schedule inside `serve`.
+//! - `channels.rs` — top-up channels' statement files, their adapters and reports.
 
 mod api;
+mod channels;
 mod config;
+mod day;
 mod demo;
 mod operators;
+mod settlement_files;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +25,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use onecard_engine::{Ledger, LedgerConfig};
+use onecard_engine::Ledger;
 
 use crate::config::{Config, Settings};
 use crate::operators::{OperatorRecord, Operators, Role, hash_password, random_password};
@@ -37,14 +44,71 @@ enum Command {
     ///
     /// Every setting can come from the config file, a flag, or an environment
     /// variable; a flag beats the environment, which beats the file.
-    Serve(Box<ServeArgs>),
+    Serve(Box<SettingsArgs>),
     /// Prove the ledger's invariants from disk (the server must be stopped); exits
     /// non-zero if any fails.
-    Verify(VerifyArgs),
+    Verify(Box<SettingsArgs>),
+    /// Close a business date (日切) now, early if its day has not ended (the server
+    /// must be stopped; a running server does it at the turn, or through the API).
+    /// Repeat-safe: a date already closed is left as it is.
+    Cutover(Box<DayArgs>),
+    /// Settle a closed business date and write its files (the server must be
+    /// stopped; a running server settles at the turn, or through the API).
+    /// Repeat-safe: a settled date is not posted again and its files come out the
+    /// same, byte for byte.
+    Settle(Box<DayArgs>),
+    /// Reconcile a closed business date against itself: trial balance, card pool,
+    /// the day's card flow, merchants' unsettled sales, terminal sequences; or, with
+    /// --channel and --statement, a top-up channel's statement against our top-ups
+    /// (the server must be stopped; the API does both live). Writes the report beside
+    /// the date's settlement files; exits non-zero if anything disagrees.
+    Reconcile(Box<ReconcileArgs>),
+}
+
+/// `cutover` and `settle`: a date, and the same settings as `serve` (the time zone,
+/// the turn, the meal hours and the settlement directory matter here).
+#[derive(Debug, clap::Args)]
+struct DayArgs {
+    /// The business date, YYYY-MM-DD.
+    #[arg(long)]
+    date: String,
+
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
 #[derive(Debug, clap::Args)]
-struct ServeArgs {
+struct ReconcileArgs {
+    #[command(flatten)]
+    day: DayArgs,
+
+    /// A top-up channel (app, e_code, cash_machine, counter, bank_load) whose
+    /// statement to reconcile.
+    #[arg(long, requires = "statement")]
+    channel: Option<String>,
+
+    /// The channel's statement file (CSV).
+    #[arg(long, requires = "channel")]
+    statement: Option<PathBuf>,
+
+    /// The adapter that reads the statement: `onecard`, or a file
+    /// `<channel_adapters_dir>/<name>.toml`.
+    #[arg(long, default_value = channels::BUILT_IN_ADAPTER)]
+    adapter: String,
+}
+
+impl DayArgs {
+    fn resolve(self) -> anyhow::Result<(onecard_engine::BusinessDate, Config)> {
+        let date = day::parse_date_arg(&self.date)?;
+        Ok((date, self.settings.resolve()?))
+    }
+}
+
+/// The settings every command that opens the store takes: the time zone and the turn
+/// of the day matter even to `verify`, since opening the ledger closes the days the
+/// clock has passed.
+#[derive(Debug, clap::Args)]
+struct SettingsArgs {
     /// A TOML file of settings (keys as the flags below, with underscores).
     #[arg(long, env = "ONECARD_CONFIG")]
     config: Option<PathBuf>,
@@ -53,30 +117,111 @@ struct ServeArgs {
     settings: Settings,
 }
 
-#[derive(Debug, clap::Args)]
-struct VerifyArgs {
-    /// Directory of the RocksDB store.
-    #[arg(long, env = "ONECARD_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
+impl SettingsArgs {
+    fn resolve(self) -> anyhow::Result<Config> {
+        let settings = match &self.config {
+            Some(path) => Settings::from_file(path)?.overlaid_with(self.settings),
+            None => self.settings,
+        };
+        Config::resolve(settings)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let settings = match &args.config {
-                Some(path) => Settings::from_file(path)?.overlaid_with(args.settings),
-                None => args.settings,
-            };
-            let config = Config::resolve(settings)?;
+            let config = args.resolve()?;
             init_logging(config.log_json);
             serve(config)
         }
         Command::Verify(args) => {
             init_logging(false);
-            verify(&args.data_dir)
+            verify(&args.resolve()?)
+        }
+        Command::Cutover(args) => {
+            init_logging(false);
+            let (date, config) = args.resolve()?;
+            let ledger = open_offline(&config)?;
+            let outcome = ledger.cutover(date);
+            ledger.close();
+            let cutover = outcome.context("cutover")?;
+            println!(
+                "{}: closed through {}, open {}",
+                if cutover.changed { "turned" } else { "already closed" },
+                cutover.closed_through,
+                cutover.open
+            );
+            Ok(())
+        }
+        Command::Reconcile(args) => {
+            init_logging(false);
+            reconcile(args)
+        }
+        Command::Settle(args) => {
+            init_logging(false);
+            let (date, config) = args.resolve()?;
+            let ledger = open_offline(&config)?;
+            let outcome = day::settle_and_write(&ledger, date, &config.settlement_dir);
+            ledger.close();
+            let (settled, paths) = outcome?;
+            println!("{}", day::summary(&settled));
+            for path in paths {
+                println!("  {}", path.display());
+            }
+            Ok(())
         }
     }
+}
+
+fn reconcile(args: Box<ReconcileArgs>) -> anyhow::Result<()> {
+    let ReconcileArgs { day, channel, statement, adapter } = *args;
+    let (date, config) = day.resolve()?;
+    if let (Some(channel), Some(statement)) = (channel, statement) {
+        let channel = channels::channel_named(&channel).with_context(|| {
+            format!("no channel {channel:?}: app, e_code, cash_machine, counter, bank_load")
+        })?;
+        let adapter = channels::Adapter::load(&config.channel_adapters_dir, &adapter)?;
+        let ledger = open_offline(&config)?;
+        let outcome = channels::reconcile_statement(
+            &ledger,
+            date,
+            channel,
+            &adapter,
+            &statement,
+            &config.settlement_dir,
+        );
+        ledger.close();
+        let (reconciliation, _) =
+            outcome.with_context(|| format!("reconciling {}", statement.display()))?;
+        print!("{}", day::channel_text(&reconciliation));
+        println!(
+            "report: {}",
+            channels::report_path(&config.settlement_dir, date, channel, "csv").display()
+        );
+        anyhow::ensure!(reconciliation.passed, "the statement does not reconcile");
+        return Ok(());
+    }
+    let ledger = open_offline(&config)?;
+    let outcome = ledger.reconcile(date);
+    ledger.close();
+    let reconciliation = outcome.with_context(|| format!("reconciling {date}"))?;
+    print!("{}", day::reconciliation_text(&reconciliation));
+    let path = day::write_reconciliation(&reconciliation, &config.settlement_dir)?;
+    println!("report: {}", path.display());
+    anyhow::ensure!(reconciliation.passed, "{date} does not reconcile");
+    Ok(())
+}
+
+/// Opens the ledger for a one-off command; a running server holds the store's lock,
+/// and then the command says so.
+fn open_offline(config: &Config) -> anyhow::Result<Ledger> {
+    Ledger::open(&config.data_dir, config.ledger.clone()).with_context(|| {
+        format!(
+            "opening the ledger in {} (is `onecard serve` running on it? stop it, or use the API)",
+            config.data_dir.display()
+        )
+    })
 }
 
 fn init_logging(json: bool) {
@@ -90,9 +235,8 @@ fn init_logging(json: bool) {
     }
 }
 
-fn verify(data_dir: &Path) -> anyhow::Result<()> {
-    let ledger = Ledger::open(data_dir, LedgerConfig::default())
-        .with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
+fn verify(config: &Config) -> anyhow::Result<()> {
+    let ledger = open_offline(config)?;
     let report = ledger.verify().context("reading the ledger")?;
     println!("{report}");
     ledger.close();
@@ -182,6 +326,12 @@ async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> 
         config.front_door.clone(),
         shutdown_rx.clone(),
     ));
+    let day = tokio::spawn(day::run(
+        Arc::clone(&ledger),
+        config.auto_settle,
+        config.settlement_dir.clone(),
+        shutdown_rx.clone(),
+    ));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
         let service = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -202,6 +352,7 @@ async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> 
         std::process::exit(130);
     });
     front_door.await.context("front door task")?.context("front door")?;
+    day.await.context("business day task")?;
     // An admin client that holds its connection open does not hold up the exit.
     match tokio::time::timeout(onecard_engine::limits::SHUTDOWN_DRAIN_TIMEOUT, http).await {
         Ok(served) => served.context("admin API task")?.context("admin API")?,

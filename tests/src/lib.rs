@@ -412,6 +412,19 @@ impl Api {
         (status, response.body_mut().read_to_string().expect("a body"))
     }
 
+    /// `GET path`: the status and the body's bytes (a file).
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    #[must_use]
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut response =
+            self.authorize(self.agent.get(format!("{}{path}", self.base))).call().expect("answers");
+        let status = response.status().as_u16();
+        let body = response.body_mut().with_config().limit(64 << 20).read_to_vec().expect("a body");
+        (status, body)
+    }
+
     /// `POST path` with a JSON body.
     ///
     /// # Panics

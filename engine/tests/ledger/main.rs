@@ -7,4 +7,6 @@
 mod concurrency;
 mod model;
 mod rules;
+mod settlement;
+mod statement;
 mod support;

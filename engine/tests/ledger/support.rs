@@ -33,7 +33,7 @@ pub struct Campus {
     pub dir: TempDir,
     pub terminals: Terminals,
     pub sequences: HashMap<u32, u64>,
-    pub shards: usize,
+    pub config: LedgerConfig,
 }
 
 pub const EXPIRY: u32 = 20_991_231;
@@ -48,8 +48,14 @@ impl Campus {
     }
 
     pub fn with_shards(name: &str, shards: usize) -> Self {
+        Self::with_config(name, config(shards))
+    }
+
+    /// A campus whose ledger runs with `config` (a hand-set clock, say).
+    pub fn with_config(name: &str, config: LedgerConfig) -> Self {
+        let shards = config.shards;
         let dir = TempDir::new(name);
-        let ledger = Ledger::open(dir.path(), config(shards)).expect("opens");
+        let ledger = Ledger::open(dir.path(), config.clone()).expect("opens");
         let rate = Decimal::new(15, 3);
         // Merchant ids go 1, 2, 3, ... and shards id % shards.
         let centre =
@@ -78,7 +84,7 @@ impl Campus {
             shop: terminal(shop.id),
             utility: terminal(utility.id),
         };
-        Self { ledger: Some(ledger), dir, terminals, sequences: HashMap::new(), shards }
+        Self { ledger: Some(ledger), dir, terminals, sequences: HashMap::new(), config }
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -90,7 +96,7 @@ impl Campus {
         if let Some(ledger) = self.ledger.take() {
             ledger.close();
         }
-        self.ledger = Some(Ledger::open(self.dir.path(), config(self.shards)).expect("reopens"));
+        self.ledger = Some(Ledger::open(self.dir.path(), self.config.clone()).expect("reopens"));
     }
 
     pub fn open_card(&self, card_number: u64, card_type: CardType) -> CardView {

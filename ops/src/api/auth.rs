@@ -45,6 +45,8 @@ pub enum Permission {
     LedgerRead,
     /// Read the audit log.
     AuditRead,
+    /// Turn the business day and settle a date.
+    DayWrite,
     /// Manage operators.
     OperatorsWrite,
 }
@@ -61,6 +63,7 @@ impl Permission {
             Self::CommissionWrite => matches!(role, Admin | Finance),
             Self::LedgerRead => matches!(role, Admin | Finance | Auditor),
             Self::AuditRead => matches!(role, Admin | Auditor),
+            Self::DayWrite => matches!(role, Admin | Finance),
         }
     }
 }

@@ -68,7 +68,7 @@ pub async fn balances(State(state): State<AppState>, caller: Caller) -> ApiResul
 }
 
 /// Parses `kind:number` (`merchant:12`, `deposit:0`, `card:41`).
-fn parse_account(text: &str) -> Result<AccountId, ApiError> {
+pub fn parse_account(text: &str) -> Result<AccountId, ApiError> {
     let bad = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -3,10 +3,13 @@
 //!
 //! # Layout
 //! - `mod.rs` — the router, the shared state, errors and extractors.
+//! - `adjustments.rs` — adjustments under four eyes: a maker proposes, a checker posts.
 //! - `auth.rs` — operators' logins, bearer tokens, roles and permissions.
 //! - `cards.rs` — the card centre's card lifecycle and lookups.
 //! - `directory.rs` — merchants and terminals.
 //! - `ledger.rs` — balances, transfers and the audit log.
+//! - `settlement.rs` — the day cutover, settlement and the settlement files.
+//! - `reconcile.rs` — reconciliation: the internal checks and channel statements.
 //! - `health.rs` — /healthz, /readyz and /metrics.
 //! - `money.rs` — yuan strings at the edge, fen inside.
 //!
@@ -14,12 +17,17 @@
 //! code: bad JSON, unknown fields, wrong types and oversize bodies are 4xx, never 500.
 //! Every change, and every refused attempt, is written to the audit log.
 
+mod adjustments;
 mod auth;
 mod cards;
 mod directory;
 mod health;
 mod ledger;
 pub mod money;
+mod reconcile;
+mod settlement;
+
+pub use reconcile::fen_as_yuan;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,6 +178,17 @@ pub fn router(state: AppState) -> Router {
         .route("/transfers/{id}", get(ledger::transfer))
         .route("/audit", get(ledger::audit))
         .route("/verify", get(ledger::verify))
+        .route("/cutover", post(settlement::cutover))
+        .route("/settlements/{date}", get(settlement::show).post(settlement::settle))
+        .route("/settlements/{date}/file", get(settlement::file))
+        .route("/reconciliations/{date}", get(reconcile::internal))
+        .route("/adjustments", get(adjustments::list).post(adjustments::propose))
+        .route("/adjustments/{id}", get(adjustments::show))
+        .route("/adjustments/{id}/{action}", post(adjustments::decide))
+        .route(
+            "/reconciliations/{date}/channels/{channel}",
+            get(reconcile::show_statement).post(reconcile::import_statement),
+        )
         .fallback(not_found);
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -204,6 +223,10 @@ async fn observe(
 /// Refuses a body whose declared length is over the limit before reading any of it;
 /// a body that does not declare its length is cut off at the limit as it is read.
 async fn refuse_oversize(request: Request, next: Next) -> Response {
+    // A channel's statement streams to disk and keeps its own, larger, bound.
+    if request.uri().path().contains("/channels/") {
+        return next.run(request).await;
+    }
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -285,6 +308,10 @@ impl From<ControlError> for ApiError {
             ControlError::InvalidDate(_) => (S::UNPROCESSABLE_ENTITY, "invalid_date"),
             ControlError::Zero(_) => (S::UNPROCESSABLE_ENTITY, "invalid_value"),
             ControlError::BatchTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            ControlError::DateNotOpen { .. } => (S::CONFLICT, "date_not_open"),
+            ControlError::DateNotClosed { .. } => (S::CONFLICT, "date_not_closed"),
+            ControlError::SameAccount(_) => (S::UNPROCESSABLE_ENTITY, "same_account"),
+            ControlError::UnknownAccount(_) => (S::UNPROCESSABLE_ENTITY, "invalid_account"),
             ControlError::Storage(_) | ControlError::FaultInjected => {
                 (S::SERVICE_UNAVAILABLE, "storage_unavailable")
             }

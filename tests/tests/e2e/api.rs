@@ -6,29 +6,7 @@ use std::time::Duration;
 use onecard_tests::{Api, Server, TempDir, metric};
 use serde_json::{Value, json};
 
-use crate::support::open_card;
-
-/// Creates an operator and logs in as them (changing the admin-set password first).
-fn operator(server: &Server, admin: &Api, name: &str, role: &str) -> Api {
-    let initial = format!("{name}-initial-pw");
-    let (status, body) =
-        admin.post("/api/operators", &json!({ "name": name, "role": role, "password": initial }));
-    assert_eq!(status, 200, "{body}");
-    let mut api = server.api();
-    let refused = api.login(name, &initial).expect_err("must change first");
-    assert_eq!(
-        (refused.status, refused.body["error"]["code"].as_str()),
-        (403, Some("password_change_required"))
-    );
-    let password = format!("{name}-own-password");
-    let (status, body) = api.post(
-        "/api/auth/password",
-        &json!({ "operator": name, "password": initial, "new_password": password }),
-    );
-    assert_eq!(status, 200, "{body}");
-    api.login(name, &password).expect("logs in");
-    api
-}
+use crate::support::{open_card, operator};
 
 /// Sends the headers of a 10 MB JSON body and nothing more; returns the answer.
 fn oversize_post(server: &Server, token: &str) -> String {

@@ -5,6 +5,7 @@ mod api;
 mod demo;
 mod front_door;
 mod loadtest;
+mod settlement;
 mod shutdown;
 mod support;
 mod terminals;

@@ -172,3 +172,25 @@ impl Campus {
         Self { server, admin, kiosk, canteen, other_canteen, cards: numbers, dir }
     }
 }
+
+/// Creates an operator and logs in as them (changing the admin-set password first).
+pub fn operator(server: &Server, admin: &Api, name: &str, role: &str) -> Api {
+    let initial = format!("{name}-initial-pw");
+    let (status, body) =
+        admin.post("/api/operators", &json!({ "name": name, "role": role, "password": initial }));
+    assert_eq!(status, 200, "{body}");
+    let mut api = server.api();
+    let refused = api.login(name, &initial).expect_err("must change first");
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (403, Some("password_change_required"))
+    );
+    let password = format!("{name}-own-password");
+    let (status, body) = api.post(
+        "/api/auth/password",
+        &json!({ "operator": name, "password": initial, "new_password": password }),
+    );
+    assert_eq!(status, 200, "{body}");
+    api.login(name, &password).expect("logs in");
+    api
+}
