@@ -107,6 +107,9 @@ pub fn reconciliation_text(reconciliation: &Reconciliation) -> String {
     out
 }
 
+/// Discrepancies a command prints; the report files hold every one.
+const DISCREPANCIES_PRINTED_MAX: usize = 20;
+
 /// A channel reconciliation in lines: the totals by class, then the discrepancies.
 #[must_use]
 pub fn channel_text(reconciliation: &ChannelReconciliation) -> String {
@@ -134,9 +137,14 @@ pub fn channel_text(reconciliation: &ChannelReconciliation) -> String {
             yuan(totals.our_fen)
         );
     }
-    for line in &reconciliation.discrepancies {
+    for line in reconciliation.discrepancies.iter().take(DISCREPANCIES_PRINTED_MAX) {
         let at = line.line.map_or_else(|| "ours".to_owned(), |n| format!("line {n}"));
         let _ = writeln!(out, "  {at}: {} {:?} {}", line.class.name(), line.reference, line.note);
+    }
+    let unlisted =
+        reconciliation.discrepancy_count.saturating_sub(DISCREPANCIES_PRINTED_MAX as u64);
+    if unlisted > 0 {
+        let _ = writeln!(out, "  and {unlisted} more: every line is in the report");
     }
     out
 }
@@ -161,6 +169,8 @@ pub fn write_reconciliation(
 /// The day task's metrics.
 struct DayMetrics {
     settled_through: IntGauge,
+    reconciled_date: IntGauge,
+    discrepancies: IntGauge,
     failures: IntCounter,
 }
 
@@ -176,9 +186,21 @@ impl DayMetrics {
             "Cutovers or settlements inside serve that failed (they are retried).",
         )
         .expect("valid metric");
-        registry.register(Box::new(settled_through.clone())).expect("unique metric");
+        let reconciled_date = IntGauge::new(
+            "onecard_reconciled_date",
+            "The latest business date serve reconciled after settling it, as yyyymmdd.",
+        )
+        .expect("valid metric");
+        let discrepancies = IntGauge::new(
+            "onecard_reconciliation_discrepancies",
+            "Discrepancies the latest reconciliation found (0: every check passed).",
+        )
+        .expect("valid metric");
+        for metric in [&settled_through, &reconciled_date, &discrepancies] {
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+        }
         registry.register(Box::new(failures.clone())).expect("unique metric");
-        Self { settled_through, failures }
+        Self { settled_through, reconciled_date, discrepancies, failures }
     }
 }
 
@@ -208,13 +230,24 @@ fn unsettled(ledger: &Ledger) -> anyhow::Result<Vec<BusinessDate>> {
 }
 
 /// One look at the clock: turn the day if it is due, then settle what is closed and
-/// unsettled (when `settle` is on). Blocking; runs on tokio's blocking pool.
+/// unsettled (when `settle` is on), and reconcile each date it settles, writing the
+/// report beside the files. Blocking; runs on tokio's blocking pool.
 fn tick(ledger: &Ledger, settle: bool, dir: &Path, metrics: &DayMetrics) -> anyhow::Result<()> {
     ledger.cutover_due()?;
     if settle {
         for date in unsettled(ledger)? {
             let (settled, _) = settle_and_write(ledger, date, dir)?;
             tracing::info!("{}", summary(&settled));
+            let reconciliation = ledger.reconcile(date)?;
+            write_reconciliation(&reconciliation, dir)?;
+            let found: u64 = reconciliation.checks.iter().map(|c| c.discrepancy_count).sum();
+            metrics.reconciled_date.set(i64::from(date.to_yyyymmdd()));
+            metrics.discrepancies.set(i64::try_from(found).unwrap_or(i64::MAX));
+            if reconciliation.passed {
+                tracing::info!(date = %date, "reconciled: every check passed");
+            } else {
+                tracing::error!(date = %date, discrepancies = found, "reconciliation FAILED:\n{}", reconciliation_text(&reconciliation));
+            }
         }
     }
     if let Some(last) = ledger.settled_dates()?.last() {
