@@ -2,6 +2,10 @@
 //! and the stored balances that the ledger agrees with itself, and names every account
 //! or record that does not, with the difference in fen.
 //!
+//! Every read goes through one RocksDB snapshot, so a reconciliation run while
+//! terminals keep buying sees the ledger as of one instant: each batch is one write,
+//! wholly in the snapshot or wholly out of it.
+//!
 //! Checks, each passed or failed with its discrepancies:
 //! - `trial_balance`: every stored balance (each a sum of merges, credits less debits)
 //!   adds up to zero across the whole chart of accounts;
@@ -31,7 +35,8 @@ use onecard_protocol::MessageType;
 use crate::journal::{Batch, CONTROL_JOURNAL, TransferKind, batch_key, first_transfer_id};
 use crate::ledger::{ControlError, Ledger};
 use crate::limits::RECONCILIATION_DISCREPANCIES_MAX;
-use crate::store::{CF_BALANCES, KEY_CARD_POOL, Store, journal_cf};
+use crate::settlement::Settlement;
+use crate::store::{CF_BALANCES, CF_CONTROL, KEY_CARD_POOL, Store, control_key, journal_cf};
 
 /// One disagreement: what, and by how much.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -220,12 +225,16 @@ impl Scan {
     }
 }
 
-fn scan(store: &Store, date: BusinessDate) -> Result<Scan, ControlError> {
+/// One consistent view of the whole store: every read of a reconciliation goes
+/// through it, so batches committed while it runs are in none of them.
+type View<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
+
+fn scan(store: &Store, view: &View<'_>, date: BusinessDate) -> Result<Scan, ControlError> {
     let mut scan = Scan::default();
     for journal in (0..store.shards()).chain([CONTROL_JOURNAL]) {
         let cf = store.cf(&journal_cf(journal));
         let start = batch_key(first_transfer_id(journal) - 1, 0);
-        let mut iter = store.db().raw_iterator_cf(cf);
+        let mut iter = view.raw_iterator_cf(cf);
         iter.seek(start);
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             if key.len() != 16 || key[0] != journal {
@@ -247,12 +256,15 @@ fn scan(store: &Store, date: BusinessDate) -> Result<Scan, ControlError> {
 
 /// Every stored balance: (sum of all accounts, sum of card purses, the card-pool
 /// control total, each merchant's balance).
-fn balances(store: &Store) -> Result<(i64, i64, i64, HashMap<u32, i64>), ControlError> {
+fn balances(
+    store: &Store,
+    view: &View<'_>,
+) -> Result<(i64, i64, i64, HashMap<u32, i64>), ControlError> {
     let mut all = 0i64;
     let mut cards = 0i64;
     let mut pool = 0i64;
     let mut merchants = HashMap::new();
-    for item in store.db().iterator_cf(store.cf(CF_BALANCES), rocksdb::IteratorMode::Start) {
+    for item in view.iterator_cf(store.cf(CF_BALANCES), rocksdb::IteratorMode::Start) {
         let (key, value) = item?;
         if key.as_ref() == KEY_CARD_POOL {
             pool = <[u8; 8]>::try_from(value.as_ref()).map_or(0, i64::from_le_bytes);
@@ -278,6 +290,23 @@ fn balances(store: &Store) -> Result<(i64, i64, i64, HashMap<u32, i64>), Control
     Ok((all, cards, pool, merchants))
 }
 
+/// Every stored settlement record, oldest date first.
+fn settlements(store: &Store, view: &View<'_>) -> Result<Vec<Settlement>, ControlError> {
+    let prefix = [control_key::SETTLEMENT];
+    let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+    let mut out = Vec::new();
+    for item in view.iterator_cf(store.cf(CF_CONTROL), mode) {
+        let (key, value) = item?;
+        if key.first() != Some(&control_key::SETTLEMENT) {
+            break;
+        }
+        let record: Settlement = serde_json::from_slice(&value)
+            .map_err(|error| ControlError::Corrupt(format!("settlement record: {error}")))?;
+        out.push(record);
+    }
+    Ok(out)
+}
+
 impl Ledger {
     /// Reconciles the closed business date `date` against itself (see the module
     /// documentation for the checks). Reads every journal once; writes nothing.
@@ -290,8 +319,9 @@ impl Ledger {
             return Err(ControlError::DateNotClosed { date, closed_through });
         }
         let store = self.store();
-        let scan = scan(store, date)?;
-        let (all_fen, cards_fen, pool_fen, merchant_balances) = balances(store)?;
+        let view = store.db().snapshot();
+        let scan = scan(store, &view, date)?;
+        let (all_fen, cards_fen, pool_fen, merchant_balances) = balances(store, &view)?;
 
         let mut trial = CheckOutcome::new("trial_balance");
         if all_fen != 0 {
@@ -335,7 +365,8 @@ impl Ledger {
         }
 
         let mut merchants = CheckOutcome::new("merchants");
-        let settled: Vec<BusinessDate> = self.settled_dates()?;
+        let records = settlements(store, &view)?;
+        let settled: Vec<BusinessDate> = records.iter().filter_map(Settlement::date).collect();
         let mut ids: Vec<u32> =
             merchant_balances.keys().chain(scan.merchant_days.keys()).copied().collect();
         ids.sort_unstable();
@@ -361,8 +392,7 @@ impl Ledger {
                 });
             }
         }
-        for day in &settled {
-            let Some(record) = self.settlement(*day)? else { continue };
+        for (day, record) in settled.iter().zip(&records) {
             for row in &record.merchants {
                 let journal = scan
                     .merchant_days

@@ -417,3 +417,43 @@ fn a_late_correction_to_a_settled_day_goes_into_the_next_days_settlement() {
     assert_eq!(ledger.account_balance(AccountId::merchant(merchant)).expect("reads"), 0);
     assert!(ledger.reconcile(date(20_260_902)).expect("reconciles").passed);
 }
+
+#[test]
+fn reconciliation_while_terminals_keep_buying_sees_one_instant() {
+    use onecard_engine::Submission;
+    use onecard_protocol::MacAlgorithm;
+    let (mut campus, clock) = campus_at("reconcile-live", LAST_MS_OF_SEPT_1 - HOUR_MS);
+    for card in 1001..1011 {
+        campus.open_card(card, CardType::Staff);
+        campus.top_up(card, 500_00);
+    }
+    let canteens = [campus.terminals.canteen_a, campus.terminals.canteen_b];
+    for (n, terminal) in (0..40).zip(canteens.iter().cycle()) {
+        assert_eq!(campus.buy(*terminal, 1001 + n % 10, 1_00).code, AnswerCode::Approved);
+    }
+    clock.set_ms(LAST_MS_OF_SEPT_1 + 1);
+    campus.ledger().cutover_due().expect("turns");
+    let first_sequence: Vec<u64> = canteens.iter().map(|t| campus.last_sequence(*t) + 1).collect();
+    let ledger = campus.ledger();
+    std::thread::scope(|scope| {
+        let buyer = scope.spawn(|| {
+            for n in 0..2_000u64 {
+                let slot = usize::from(n % 2 == 1);
+                let answer = ledger.submit_wait(Submission {
+                    terminal_id: canteens[slot],
+                    sequence: first_sequence[slot] + n / 2,
+                    mac_algorithm: MacAlgorithm::HmacSha256,
+                    request: crate::support::purchase(1001 + n % 10, 7),
+                });
+                assert_eq!(transfer(answer).code, AnswerCode::Approved);
+            }
+        });
+        let mut runs = 0;
+        while !buyer.is_finished() || runs == 0 {
+            let reconciliation = ledger.reconcile(date(20_260_901)).expect("reconciles");
+            assert!(reconciliation.passed, "run {runs}: {reconciliation:#?}");
+            runs += 1;
+        }
+        buyer.join().expect("the buyer");
+    });
+}
