@@ -188,6 +188,16 @@ impl std::fmt::Debug for AccountId {
     }
 }
 
+/// Parses `kind:number` (`merchant:12`, `suspense:0`, `card:41`), the form the API
+/// and the workflows' forms name accounts in; `None` if it is not one.
+#[must_use]
+pub fn parse_account(text: &str) -> Option<AccountId> {
+    let (kind, number) = text.split_once(':')?;
+    let kind = AccountKind::ALL.into_iter().find(|k| k.name() == kind)?;
+    let number: u64 = number.parse().ok()?;
+    (number <= ACCOUNT_NUMBER_MAX).then(|| AccountId::new(kind, number))
+}
+
 impl std::fmt::Display for AccountId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self, f)

@@ -43,6 +43,36 @@ pub struct MerchantRecord {
     /// A disabled merchant's terminals are all refused.
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    /// Approved commission changes, each in force from its business date on, oldest
+    /// first; before the first, `commission_rate` applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_changes: Vec<RateChange>,
+    /// An onboarded merchant waits, disabled, until this business date (`yyyymmdd`);
+    /// the day cutover that opens it enables the merchant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_from: Option<u32>,
+}
+
+/// A commission rate in force from a business date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateChange {
+    /// The first business date it applies to, `yyyymmdd`.
+    pub from: u32,
+    /// The rate, a fraction.
+    pub rate: Decimal,
+}
+
+impl MerchantRecord {
+    /// The commission rate in force on business date `date` (`yyyymmdd`).
+    #[must_use]
+    pub fn rate_on(&self, date: u32) -> Decimal {
+        self.rate_changes
+            .iter()
+            .rev()
+            .find(|change| change.from <= date)
+            .map_or(self.commission_rate, |change| change.rate)
+    }
 }
 
 const fn enabled_by_default() -> bool {
@@ -230,5 +260,31 @@ impl Directory {
             .collect();
         all.sort_by_key(|terminal| terminal.id);
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_in_force_is_the_latest_change_on_or_before_the_date() {
+        let mut record = MerchantRecord {
+            id: 1,
+            name: "x".to_owned(),
+            category: MerchantCategory::Canteen,
+            shard: 0,
+            commission_rate: Decimal::new(15, 3),
+            enabled: true,
+            rate_changes: Vec::new(),
+            active_from: None,
+        };
+        assert_eq!(record.rate_on(20_260_901), Decimal::new(15, 3));
+        record.rate_changes.push(RateChange { from: 20_260_902, rate: Decimal::new(2, 2) });
+        record.rate_changes.push(RateChange { from: 20_260_910, rate: Decimal::new(1, 2) });
+        assert_eq!(record.rate_on(20_260_901), Decimal::new(15, 3));
+        assert_eq!(record.rate_on(20_260_902), Decimal::new(2, 2));
+        assert_eq!(record.rate_on(20_260_909), Decimal::new(2, 2));
+        assert_eq!(record.rate_on(20_261_231), Decimal::new(1, 2));
     }
 }

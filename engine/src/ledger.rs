@@ -528,7 +528,9 @@ impl Ledger {
             threads.push(thread);
             stats.push(shard_stats);
         }
-        Ok(Self { shared, queues, threads, stats })
+        let ledger = Self { shared, queues, threads, stats };
+        ledger.activate_merchants(open).map_err(|error| corrupt("merchant", error))?;
+        Ok(ledger)
     }
 
     fn load_control(
@@ -793,6 +795,7 @@ impl Ledger {
         }
         drop(self.control());
         shared.persist_dates(open)?;
+        self.activate_merchants(open)?;
         let cutover = Cutover { closed_through: open.previous(), open, changed: true };
         tracing::info!(closed_through = %cutover.closed_through, open = %open, "day cutover");
         shared.metrics.business_date.set(i64::from(open.to_yyyymmdd()));
@@ -941,6 +944,47 @@ impl Ledger {
         category: MerchantCategory,
         commission_rate: Decimal,
     ) -> Result<MerchantRecord, ControlError> {
+        self.create_merchant_from(name, category, commission_rate, None)
+    }
+
+    /// Onboards a merchant (the onboarding workflow's effect): created now, disabled,
+    /// and enabled by the cutover that opens the next business date. Returns the
+    /// record and that date.
+    ///
+    /// # Errors
+    /// As [`Ledger::create_merchant`].
+    pub fn onboard_merchant(
+        &self,
+        name: &str,
+        category: MerchantCategory,
+        commission_rate: Decimal,
+    ) -> Result<(MerchantRecord, BusinessDate), ControlError> {
+        let from = self.business_date().next();
+        let record = self.create_merchant_from(name, category, commission_rate, Some(from))?;
+        Ok((record, from))
+    }
+
+    /// Enables every onboarded merchant whose first business date is `open` or before.
+    fn activate_merchants(&self, open: BusinessDate) -> Result<(), ControlError> {
+        for merchant in self.shared.directory.merchants() {
+            if merchant.active_from.is_some_and(|from| from <= open.to_yyyymmdd()) {
+                self.update_merchant(merchant.id, |record| {
+                    record.enabled = true;
+                    record.active_from = None;
+                })?;
+                tracing::info!(merchant = merchant.id, "onboarded merchant enabled");
+            }
+        }
+        Ok(())
+    }
+
+    fn create_merchant_from(
+        &self,
+        name: &str,
+        category: MerchantCategory,
+        commission_rate: Decimal,
+        active_from: Option<BusinessDate>,
+    ) -> Result<MerchantRecord, ControlError> {
         check_name("merchant name", name)?;
         if commission_rate < Decimal::ZERO || commission_rate >= Decimal::ONE {
             return Err(ControlError::InvalidRate(commission_rate));
@@ -954,7 +998,9 @@ impl Ledger {
             category,
             shard,
             commission_rate,
-            enabled: true,
+            enabled: active_from.is_none(),
+            rate_changes: Vec::new(),
+            active_from: active_from.map(BusinessDate::to_yyyymmdd),
         };
         let mut write = WriteBatch::default();
         write.put_cf(
@@ -1062,8 +1108,8 @@ impl Ledger {
         Ok(())
     }
 
-    /// Sets a merchant's commission rate. Settlement applies the rate on record when
-    /// it settles a date.
+    /// Sets a merchant's commission rate from today's business date on (dates already
+    /// closed keep the rate they had); it replaces any change scheduled for later.
     ///
     /// # Errors
     /// [`ControlError::UnknownMerchant`], a rate outside 0 to 1, or a failed write.
@@ -1075,7 +1121,36 @@ impl Ledger {
         if commission_rate < Decimal::ZERO || commission_rate >= Decimal::ONE {
             return Err(ControlError::InvalidRate(commission_rate));
         }
-        self.update_merchant(merchant_id, |record| record.commission_rate = commission_rate)
+        let from = self.business_date().to_yyyymmdd();
+        self.update_merchant(merchant_id, |record| {
+            record.rate_changes.retain(|change| change.from < from);
+            record.rate_changes.push(crate::directory::RateChange { from, rate: commission_rate });
+        })
+    }
+
+    /// Schedules a merchant's new commission rate from the next business date on (an
+    /// approved change takes effect the next day; settlement of today keeps today's
+    /// rate). Scheduling the same rate from the same date again changes nothing.
+    /// Returns the record and the date the rate applies from.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownMerchant`], a rate outside 0 to 1, or a failed write.
+    pub fn schedule_commission_rate(
+        &self,
+        merchant_id: u32,
+        rate: Decimal,
+    ) -> Result<(MerchantRecord, BusinessDate), ControlError> {
+        if rate < Decimal::ZERO || rate >= Decimal::ONE {
+            return Err(ControlError::InvalidRate(rate));
+        }
+        let from = self.business_date().next();
+        let record = self.update_merchant(merchant_id, |record| {
+            let change = crate::directory::RateChange { from: from.to_yyyymmdd(), rate };
+            // A later date replaces any change already scheduled on or after it.
+            record.rate_changes.retain(|c| c.from < change.from);
+            record.rate_changes.push(change);
+        })?;
+        Ok((record, from))
     }
 
     /// Enables or disables a merchant: a disabled merchant's terminals are all
@@ -1583,6 +1658,41 @@ impl Ledger {
         &self,
         rows: &[SubsidyRow],
     ) -> Result<Vec<Result<(), ControlError>>, ControlError> {
+        self.post_subsidies_keyed(rows, None).map(|(outcomes, _)| outcomes)
+    }
+
+    /// [`Ledger::post_subsidies`] exactly once for `key`: the batch's outcome is stored
+    /// under the key in the same write as its transfers, and a second call with the
+    /// key posts nothing and returns the stored outcome (each row's error in words,
+    /// `None` for a row that posted), with `true` for "posted before".
+    ///
+    /// # Errors
+    /// As [`Ledger::post_subsidies`].
+    pub fn post_subsidies_once(
+        &self,
+        key: u64,
+        rows: &[SubsidyRow],
+    ) -> Result<(Vec<Option<String>>, bool), ControlError> {
+        let store = self.store();
+        if let Some(stored) = store.db().get_cf(store.cf(CF_CONTROL), once_key(key))? {
+            return decode_outcomes(&stored).map(|outcomes| (outcomes, true));
+        }
+        let (outcomes, before) = self.post_subsidies_keyed(rows, Some(key))?;
+        if before {
+            let stored = store
+                .db()
+                .get_cf(store.cf(CF_CONTROL), once_key(key))?
+                .ok_or_else(|| ControlError::Corrupt(format!("batch {key} vanished")))?;
+            return decode_outcomes(&stored).map(|outcomes| (outcomes, true));
+        }
+        Ok((outcomes.iter().map(|o| o.as_ref().err().map(ToString::to_string)).collect(), false))
+    }
+
+    fn post_subsidies_keyed(
+        &self,
+        rows: &[SubsidyRow],
+        key: Option<u64>,
+    ) -> Result<(Vec<Result<(), ControlError>>, bool), ControlError> {
         if rows.len() > SUBSIDY_BATCH_ROWS_MAX {
             return Err(ControlError::BatchTooLarge {
                 rows: rows.len(),
@@ -1637,11 +1747,27 @@ impl Ledger {
             });
             credits.push((account.number, row.purse, row.amount_fen));
         }
-        if transfers.is_empty() {
-            return Ok(outcomes);
+        if transfers.is_empty() && key.is_none() {
+            return Ok((outcomes, false));
         }
         let mut control = self.control();
-        self.commit_control(&mut control, &transfers, |_, _| {})?;
+        let marker = match key {
+            Some(key) => {
+                let store = self.store();
+                if store.db().get_cf(store.cf(CF_CONTROL), once_key(key))?.is_some() {
+                    return Ok((outcomes, true));
+                }
+                let words: Vec<Option<String>> =
+                    outcomes.iter().map(|o| o.as_ref().err().map(ToString::to_string)).collect();
+                Some((once_key(key), serde_json::to_vec(&words).unwrap_or_default()))
+            }
+            None => None,
+        };
+        self.commit_control(&mut control, &transfers, |write, cf| {
+            if let Some((marker_key, value)) = &marker {
+                write.put_cf(cf, marker_key, value);
+            }
+        })?;
         drop(control);
         for (account_number, purse, amount_fen) in credits {
             if let Some(state) = guards.get_mut(&account_number) {
@@ -1651,7 +1777,7 @@ impl Ledger {
                 }
             }
         }
-        Ok(outcomes)
+        Ok((outcomes, false))
     }
 
     /// Writes one control batch: the transfers (with their balance merges and index
@@ -1990,6 +2116,16 @@ pub struct SubsidyRow {
     pub amount_fen: i64,
     /// The purse credited.
     pub purse: Purse,
+}
+
+/// The control key of a batch posted exactly once under `key`.
+fn once_key(key: u64) -> Vec<u8> {
+    prefixed_key(control_key::ONCE, &key.to_be_bytes())
+}
+
+fn decode_outcomes(bytes: &[u8]) -> Result<Vec<Option<String>>, ControlError> {
+    serde_json::from_slice(bytes)
+        .map_err(|error| ControlError::Corrupt(format!("batch outcome: {error}")))
 }
 
 /// A control-plane transfer before it has an id.

@@ -20,6 +20,7 @@
 //! - [`statement`] — a top-up channel's statement matched against our top-ups.
 //! - [`adjustment`] — approved correcting transfers, posted exactly once.
 //! - [`verify`] — proving the invariants from disk.
+//! - [`workflow`] — approval workflows and their exactly-once ledger effects.
 //! - [`metrics`] — the Prometheus metrics the engine keeps.
 //! - [`store`] — the RocksDB store: column families, key layout, merge operator.
 //! - [`frontdoor`] — the TCP listener and per-connection tasks terminals talk to.
@@ -43,6 +44,7 @@ pub mod statement;
 pub mod store;
 pub mod terminal_state;
 pub mod verify;
+pub mod workflow;
 
 pub use account::{AccountId, AccountKind};
 pub use date::BusinessDate;

@@ -730,7 +730,7 @@ impl Ledger {
                 record.id,
                 record.name.clone(),
                 record.shard,
-                record.commission_rate,
+                record.rate_on(date.to_yyyymmdd()),
                 merchant_day.unwrap_or_default(),
             ));
         }

@@ -14,6 +14,7 @@
 //! | `index` | card statements: (card account, time, transfer id) |
 //! | `audit` | the append-only audit log: sequence → record (see `audit.rs`) |
 //! | `admin` | operators of the admin API, owned by onecard-ops |
+//! | `workflow` | approval workflows' instances: `i` ++ id → JSON; `n` → the next id |
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,8 @@ pub const CF_JOURNAL_CONTROL: &str = "journal-control";
 pub const CF_AUDIT: &str = "audit";
 /// Column family of the admin API's own records (operators), kept by onecard-ops.
 pub const CF_ADMIN: &str = "admin";
+/// Column family of approval workflows' instances (`workflow.rs`).
+pub const CF_WORKFLOW: &str = "workflow";
 
 const KEY_FORMAT_VERSION: &[u8] = b"format_version";
 const KEY_SHARDS: &[u8] = b"shards";
@@ -90,6 +93,9 @@ pub mod control_key {
     pub const SETTLEMENT: u8 = b's';
     /// `j` ++ adjustment id (8, BE) → the transfer it posted (8, BE), written with it.
     pub const ADJUSTMENT: u8 = b'j';
+    /// `w` ++ key (8, BE) → the outcome of a batch posted exactly once under that key
+    /// (a workflow's subsidy batch), JSON, written with its transfers.
+    pub const ONCE: u8 = b'w';
 }
 
 /// Prefixes of a shard journal's non-batch keys. Batch keys start with the shard
@@ -237,10 +243,18 @@ impl Store {
                 .filter(|count| (1..=SHARDS_MAX).contains(&usize::from(*count)))
                 .ok_or(OpenError::Shards { shards })?,
         };
-        let mut names: Vec<String> =
-            [CF_META, CF_CONTROL, CF_BALANCES, CF_INDEX, CF_JOURNAL_CONTROL, CF_AUDIT, CF_ADMIN]
-                .map(str::to_owned)
-                .into();
+        let mut names: Vec<String> = [
+            CF_META,
+            CF_CONTROL,
+            CF_BALANCES,
+            CF_INDEX,
+            CF_JOURNAL_CONTROL,
+            CF_AUDIT,
+            CF_ADMIN,
+            CF_WORKFLOW,
+        ]
+        .map(str::to_owned)
+        .into();
         names.extend((0..shards).map(journal_cf));
         for name in existing {
             if name != "default" && !names.contains(&name) {

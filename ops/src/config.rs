@@ -59,6 +59,11 @@ pub struct Settings {
     #[arg(long, env = "ONECARD_AUTO_SETTLE", num_args = 0..=1, default_missing_value = "true")]
     pub auto_settle: Option<bool>,
 
+    /// Directory of workflow definitions, one `<name>.toml` each, loaded beside the
+    /// built-in ones. [default: <data_dir>/workflows]
+    #[arg(long, env = "ONECARD_WORKFLOWS_DIR")]
+    pub workflows_dir: Option<PathBuf>,
+
     /// Directory of top-up channel statement adapters, one `<name>.toml` each.
     /// [default: <data_dir>/channel-adapters]
     #[arg(long, env = "ONECARD_CHANNEL_ADAPTERS_DIR")]
@@ -152,6 +157,7 @@ impl Settings {
             meal_hours,
             auto_settle,
             channel_adapters_dir,
+            workflows_dir,
             settlement_dir,
             terminal_connections_max,
             terminal_idle_timeout_secs,
@@ -204,6 +210,8 @@ pub struct Config {
     pub auto_settle: bool,
     /// Where channel statement adapters are.
     pub channel_adapters_dir: PathBuf,
+    /// Where workflow definitions beside the built-in ones are.
+    pub workflows_dir: PathBuf,
     /// The terminal port.
     pub terminal_listen: SocketAddr,
     /// The admin port.
@@ -312,6 +320,7 @@ impl Config {
             channel_adapters_dir: settings
                 .channel_adapters_dir
                 .unwrap_or_else(|| data_dir.join("channel-adapters")),
+            workflows_dir: settings.workflows_dir.unwrap_or_else(|| data_dir.join("workflows")),
             data_dir,
             terminal_listen: settings
                 .terminal_listen

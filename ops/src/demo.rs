@@ -27,7 +27,7 @@ use onecard_protocol::TerminalKey;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::operators::{OperatorRecord, Operators, Role, hash_password, random_password};
+use crate::operators::{OperatorRecord, Operators, ROLES, hash_password, random_password};
 
 /// The first demo card number; cards are numbered on from it.
 pub const DEMO_CARD_FIRST: u64 = 20_260_000_001;
@@ -306,7 +306,7 @@ pub fn build(
     }
 
     let mut operators_csv = String::from("name,role,password\n");
-    for role in [Role::Admin, Role::Clerk, Role::Finance, Role::Auditor] {
+    for role in ROLES {
         let name = format!("demo-{}", role.as_str());
         let password = random_password()?;
         operators.create(&OperatorRecord::new(

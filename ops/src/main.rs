@@ -26,6 +26,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use onecard_engine::Ledger;
+use onecard_engine::workflow::Workflows;
 
 use crate::config::{Config, Settings};
 use crate::operators::{OperatorRecord, Operators, Role, hash_password, random_password};
@@ -244,6 +245,27 @@ fn verify(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The TOML texts of `dir/*.toml`, by file name; none if the directory is missing.
+fn workflow_definitions(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            onecard_engine::workflow::parse_definition(&text)
+                .with_context(|| format!("workflow definition {}", path.display()))?;
+            Ok(text)
+        })
+        .collect()
+}
+
 /// On a store with no operators, creates `admin` with a random password that must be
 /// changed at first login, and writes it to `<data>/initial-admin-password` (0600).
 fn bootstrap_admin(operators: &Operators, data_dir: &Path) -> anyhow::Result<()> {
@@ -279,7 +301,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
         business_date = %ledger.business_date(),
         "ledger open"
     );
-    let state = api::AppState::new(Arc::clone(&ledger), Arc::clone(&config));
+    let mut workflows =
+        Workflows::new(Arc::clone(&ledger), &workflow_definitions(&config.workflows_dir)?)
+            .context("loading the workflow definitions")?;
+    let roles: Vec<&str> = operators::ROLES.iter().map(|role| role.as_str()).collect();
+    workflows.check_roles(&roles).context("checking the workflow definitions")?;
+    let recovered = workflows.recover().context("finishing approved workflow effects")?;
+    if !recovered.is_empty() {
+        tracing::warn!(?recovered, "ran the effects of applications approved before a stop");
+    }
+    if std::env::var_os("ONECARD_CRASH_BEFORE_WORKFLOW_EFFECT").is_some() {
+        workflows.crash_before_effects();
+    }
+    let state = api::AppState::new(Arc::clone(&ledger), Arc::clone(&config), workflows);
     bootstrap_admin(&state.operators, &config.data_dir)?;
     if config.demo {
         if demo::is_empty(&ledger) {

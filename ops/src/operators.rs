@@ -41,7 +41,14 @@ pub enum Role {
     Finance,
     /// Reads everything, changes nothing, reads the audit log.
     Auditor,
+    /// A department head (处长): approves applications at their workflow steps;
+    /// otherwise reads as any operator does.
+    DepartmentHead,
 }
+
+/// Every role, in the order the API lists them.
+pub const ROLES: [Role; 5] =
+    [Role::Admin, Role::Clerk, Role::Finance, Role::Auditor, Role::DepartmentHead];
 
 impl Role {
     /// The role's name as the API writes it.
@@ -52,6 +59,7 @@ impl Role {
             Self::Clerk => "clerk",
             Self::Finance => "finance",
             Self::Auditor => "auditor",
+            Self::DepartmentHead => "department_head",
         }
     }
 }

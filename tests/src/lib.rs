@@ -121,12 +121,22 @@ impl Server {
     /// If the process does not start or does not get ready in time.
     #[must_use]
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Server::start_with`] with extra environment variables.
+    ///
+    /// # Panics
+    /// If the process does not start or does not get ready in time.
+    #[must_use]
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(onecard_binary())
             .args(["serve", "--terminal-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -10,3 +10,4 @@ mod rules;
 mod settlement;
 mod statement;
 mod support;
+mod workflow;

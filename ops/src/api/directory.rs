@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use onecard_engine::BusinessDate;
 use onecard_engine::date::now_ms;
 use onecard_engine::directory::{MerchantCategory, MerchantRecord, Terminal};
 use onecard_protocol::TerminalKey;
@@ -28,20 +29,41 @@ pub struct MerchantJson {
     name: String,
     category: MerchantCategory,
     shard: u8,
+    /// The rate in force today.
     commission_rate: String,
+    /// Approved changes still to come: the rate and the business date it applies from.
+    scheduled_rates: Vec<ScheduledRateJson>,
     enabled: bool,
     /// What the ledger owes the merchant until settlement pays it.
     balance_yuan: Option<String>,
 }
 
+/// A commission change to come.
+#[derive(Debug, Serialize)]
+pub struct ScheduledRateJson {
+    from: String,
+    rate: String,
+}
+
 impl MerchantJson {
-    fn new(record: &MerchantRecord, balance_fen: Option<i64>) -> Self {
+    fn new(record: &MerchantRecord, balance_fen: Option<i64>, today: BusinessDate) -> Self {
+        let today = today.to_yyyymmdd();
         Self {
             id: record.id,
             name: record.name.clone(),
             category: record.category,
             shard: record.shard,
-            commission_rate: record.commission_rate.normalize().to_string(),
+            commission_rate: record.rate_on(today).normalize().to_string(),
+            scheduled_rates: record
+                .rate_changes
+                .iter()
+                .filter(|change| change.from > today)
+                .map(|change| ScheduledRateJson {
+                    from: BusinessDate::from_yyyymmdd(change.from)
+                        .map_or_else(String::new, |d| d.to_string()),
+                    rate: change.rate.normalize().to_string(),
+                })
+                .collect(),
             enabled: record.enabled,
             balance_yuan: balance_fen.map(yuan),
         }
@@ -54,7 +76,14 @@ pub async fn list_merchants(
     caller: Caller,
 ) -> ApiResult<Vec<MerchantJson>> {
     caller.require(&state, Permission::DirectoryRead)?;
-    Ok(Json(state.ledger.merchants().iter().map(|m| MerchantJson::new(m, None)).collect()))
+    Ok(Json(
+        state
+            .ledger
+            .merchants()
+            .iter()
+            .map(|m| MerchantJson::new(m, None, state.ledger.business_date()))
+            .collect(),
+    ))
 }
 
 /// One merchant, with its unsettled balance.
@@ -67,7 +96,7 @@ pub async fn show_merchant(
     let merchant =
         state.ledger.merchant(id).ok_or(onecard_engine::ControlError::UnknownMerchant(id))?;
     let balance = state.ledger.account_balance(onecard_engine::AccountId::merchant(id))?;
-    Ok(Json(MerchantJson::new(&merchant, Some(balance))))
+    Ok(Json(MerchantJson::new(&merchant, Some(balance), state.ledger.business_date())))
 }
 
 /// A commission rate given as a decimal string, `"0.015"` for 1.5%.
@@ -103,7 +132,7 @@ pub async fn create_merchant(
             state.ledger.create_merchant(&body.name, body.category, rate).map_err(ApiError::from)
         })
     })?;
-    Ok(Json(MerchantJson::new(&record, Some(0))))
+    Ok(Json(MerchantJson::new(&record, Some(0), state.ledger.business_date())))
 }
 
 /// `POST /api/merchants/{id}/commission`.
@@ -144,7 +173,7 @@ pub async fn merchant_action(
             return Err(ApiError::unknown_action("merchant", &action));
         }
     };
-    Ok(Json(MerchantJson::new(&record, None)))
+    Ok(Json(MerchantJson::new(&record, None, state.ledger.business_date())))
 }
 
 /// A terminal as the API shows it: never its key.

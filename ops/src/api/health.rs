@@ -67,6 +67,12 @@ pub async fn metrics(
         }
     }
     state.ledger.refresh_metrics();
+    match state.workflows.overdue(onecard_engine::date::now_ms()) {
+        Ok(overdue) => {
+            state.metrics.workflow_overdue.set(i64::try_from(overdue.len()).unwrap_or(i64::MAX));
+        }
+        Err(error) => tracing::warn!(%error, "reading overdue applications for metrics"),
+    }
     let families = state.ledger.metrics().registry().gather();
     let text = prometheus::TextEncoder::new().encode_to_string(&families).map_err(|error| {
         ApiError::new(

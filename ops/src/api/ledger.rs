@@ -69,20 +69,13 @@ pub async fn balances(State(state): State<AppState>, caller: Caller) -> ApiResul
 
 /// Parses `kind:number` (`merchant:12`, `deposit:0`, `card:41`).
 pub fn parse_account(text: &str) -> Result<AccountId, ApiError> {
-    let bad = || {
+    onecard_engine::account::parse_account(text).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_path",
             format!("{text:?} is not an account such as merchant:12"),
         )
-    };
-    let (kind, number) = text.split_once(':').ok_or_else(bad)?;
-    let kind = AccountKind::ALL.into_iter().find(|k| k.name() == kind).ok_or_else(bad)?;
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    if number > onecard_engine::account::ACCOUNT_NUMBER_MAX {
-        return Err(bad());
-    }
-    Ok(AccountId::new(kind, number))
+    })
 }
 
 /// One account's committed balance.

@@ -10,6 +10,7 @@
 //! - `ledger.rs` — balances, transfers and the audit log.
 //! - `settlement.rs` — the day cutover, settlement and the settlement files.
 //! - `reconcile.rs` — reconciliation: the internal checks and channel statements.
+//! - `workflows.rs` — approval workflows: apply, act, inbox, history.
 //! - `health.rs` — /healthz, /readyz and /metrics.
 //! - `money.rs` — yuan strings at the edge, fen inside.
 //!
@@ -26,6 +27,7 @@ mod ledger;
 pub mod money;
 mod reconcile;
 mod settlement;
+mod workflows;
 
 pub use reconcile::fen_as_yuan;
 
@@ -42,6 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use onecard_engine::audit::{AuditEntry, Outcome};
+use onecard_engine::workflow::Workflows;
 use onecard_engine::{ControlError, Ledger};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use serde::Serialize;
@@ -55,6 +58,9 @@ use crate::operators::{OperatorError, Operators};
 /// Largest request body accepted; a larger one is refused with 413 before it is read.
 pub const API_BODY_BYTES_MAX: usize = 64 * 1024;
 
+/// Largest application form (a subsidy batch or card list of up to 10,000 rows).
+pub const WORKFLOW_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -64,6 +70,8 @@ pub struct AppState {
     pub operators: Operators,
     /// Live bearer tokens.
     pub sessions: Arc<Sessions>,
+    /// Approval workflows.
+    pub workflows: Workflows,
     /// The resolved configuration.
     pub config: Arc<Config>,
     /// The API's own metrics.
@@ -76,11 +84,12 @@ impl AppState {
     /// # Panics
     /// If the API's metrics cannot be registered (a duplicate name: a bug).
     #[must_use]
-    pub fn new(ledger: Arc<Ledger>, config: Arc<Config>) -> Self {
+    pub fn new(ledger: Arc<Ledger>, config: Arc<Config>, workflows: Workflows) -> Self {
         let metrics = Arc::new(HttpMetrics::new(ledger.metrics().registry()));
         Self {
             operators: Operators::new(Arc::clone(&ledger)),
             sessions: Arc::new(Sessions::default()),
+            workflows,
             ledger,
             config,
             metrics,
@@ -112,6 +121,7 @@ struct HttpMetrics {
     requests: IntCounterVec,
     seconds: HistogramVec,
     auth_refused: IntCounterVec,
+    workflow_overdue: prometheus::IntGauge,
 }
 
 impl HttpMetrics {
@@ -138,14 +148,20 @@ impl HttpMetrics {
             &["reason"],
         )
         .expect("valid metric");
+        let workflow_overdue = prometheus::IntGauge::new(
+            "onecard_workflow_overdue_applications",
+            "Open applications whose current step is past its deadline (read at each scrape).",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(seconds.clone()),
             Box::new(auth_refused.clone()),
+            Box::new(workflow_overdue.clone()),
         ] {
             registry.register(metric).expect("API metric names are unique");
         }
-        Self { requests, seconds, auth_refused }
+        Self { requests, seconds, auth_refused, workflow_overdue }
     }
 }
 
@@ -182,6 +198,16 @@ pub fn router(state: AppState) -> Router {
         .route("/settlements/{date}", get(settlement::show).post(settlement::settle))
         .route("/settlements/{date}/file", get(settlement::file))
         .route("/reconciliations/{date}", get(reconcile::internal))
+        .route("/workflows", get(workflows::definitions))
+        .route(
+            "/workflows/{name}",
+            post(workflows::submit)
+                .layer(axum::extract::DefaultBodyLimit::max(WORKFLOW_BODY_BYTES_MAX)),
+        )
+        .route("/applications", get(workflows::list))
+        .route("/applications/{id}", get(workflows::show))
+        .route("/applications/{id}/{action}", post(workflows::act))
+        .route("/inbox", get(workflows::inbox))
         .route("/adjustments", get(adjustments::list).post(adjustments::propose))
         .route("/adjustments/{id}", get(adjustments::show))
         .route("/adjustments/{id}/{action}", post(adjustments::decide))
@@ -232,8 +258,13 @@ async fn refuse_oversize(request: Request, next: Next) -> Response {
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > API_BODY_BYTES_MAX as u64) {
-        let message = format!("a body is at most {API_BODY_BYTES_MAX} bytes");
+    let limit = if request.uri().path().starts_with("/api/workflows/") {
+        WORKFLOW_BODY_BYTES_MAX
+    } else {
+        API_BODY_BYTES_MAX
+    };
+    if declared.is_some_and(|length| length > limit as u64) {
+        let message = format!("a body is at most {limit} bytes");
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
             .into_response();
     }

@@ -9,3 +9,4 @@ mod settlement;
 mod shutdown;
 mod support;
 mod terminals;
+mod workflows;

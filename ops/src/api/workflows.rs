@@ -1,0 +1,189 @@
+//! Approval workflows over HTTP: the definitions, submitting an application, acting
+//! on one, the inbox (待办), an application's history, and the overdue list.
+//!
+//! Any operator may apply; the applicant is the caller. Who may act at a step is the
+//! workflow engine's rule (the step's role, or the person it was handed to, never the
+//! applicant approving their own, never one person approving twice); every action and
+//! every refused one is in the audit log as well as in the application's history.
+//! Actions that run a ledger effect do synced writes, so they run on the blocking pool.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use onecard_engine::date::now_ms;
+use onecard_engine::workflow::{Action, Actor, Definition, Instance, WorkflowError};
+use serde::Deserialize;
+
+use super::auth::{Caller, Permission};
+use super::{ApiError, ApiResult, AppState, Body, Params, QueryParams};
+
+impl From<WorkflowError> for ApiError {
+    fn from(error: WorkflowError) -> Self {
+        use StatusCode as S;
+        let message = error.to_string();
+        let (status, code) = match error {
+            WorkflowError::Ledger(control) => return Self::from(control),
+            WorkflowError::UnknownWorkflow(_) => (S::NOT_FOUND, "workflow_not_found"),
+            WorkflowError::UnknownInstance(_) => (S::NOT_FOUND, "application_not_found"),
+            WorkflowError::Form(_) => (S::UNPROCESSABLE_ENTITY, "invalid_form"),
+            WorkflowError::Finished(_) => (S::CONFLICT, "application_finished"),
+            WorkflowError::NotYourTurn(_) => (S::FORBIDDEN, "not_your_turn"),
+            WorkflowError::ActionNotAllowed { .. } => {
+                (S::UNPROCESSABLE_ENTITY, "action_not_allowed")
+            }
+            WorkflowError::FourEyes(_) => (S::FORBIDDEN, "four_eyes"),
+            WorkflowError::Storage(_) => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+fn actor(caller: &Caller) -> Actor {
+    Actor {
+        name: caller.operator.clone(),
+        roles: vec![caller.role.as_str().to_owned()],
+        from: caller.from.ip().to_string(),
+    }
+}
+
+/// Every workflow definition.
+pub async fn definitions(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> ApiResult<Vec<Definition>> {
+    Ok(Json(state.workflows.definitions().into_iter().cloned().collect()))
+}
+
+/// `POST /api/workflows/{name}`: the application's form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    form: serde_json::Value,
+}
+
+/// Submits an application; the caller is its applicant.
+pub async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(name): Params<String>,
+    Body(request): Body<SubmitRequest>,
+) -> ApiResult<Instance> {
+    let workflows = state.workflows.clone();
+    let (who, workflow) = (actor(&caller), name.clone());
+    let outcome =
+        tokio::task::spawn_blocking(move || workflows.submit(&who, &workflow, request.form))
+            .await
+            .map_err(|error| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+            })?;
+    let instance =
+        caller.audited(&state, "workflow.submit", &format!("workflow:{name}"), "", || outcome)?;
+    Ok(Json(instance))
+}
+
+/// `POST /api/applications/{id}/{action}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActRequest {
+    #[serde(default)]
+    comment: String,
+    /// A hand-over's recipient.
+    #[serde(default)]
+    to: Option<String>,
+    /// The applicant's rating when confirming, 1 to 5.
+    #[serde(default)]
+    rating: Option<u8>,
+}
+
+/// Acts on an application: approve, reject, return, comment, hand_over.
+pub async fn act(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params((id, action)): Params<(u64, String)>,
+    Body(request): Body<ActRequest>,
+) -> ApiResult<Instance> {
+    let parsed: Action = serde_json::from_value(serde_json::Value::String(action.clone()))
+        .map_err(|_| ApiError::unknown_action("application", &action))?;
+    // A hand-over goes to an operator, with the role they hold.
+    let hand_to = match request.to.as_deref().filter(|_| parsed == Action::HandOver) {
+        Some(name) => {
+            let record = state.operators.get(name)?.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_form",
+                    format!("no operator {name:?} to hand over to"),
+                )
+            })?;
+            Some(Actor {
+                name: record.name.clone(),
+                roles: vec![record.role.as_str().to_owned()],
+                from: String::new(),
+            })
+        }
+        None => None,
+    };
+    let workflows = state.workflows.clone();
+    let who = actor(&caller);
+    let outcome = tokio::task::spawn_blocking(move || {
+        workflows.act(&who, id, parsed, &request.comment, hand_to.as_ref(), request.rating)
+    })
+    .await
+    .map_err(|error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+    })?;
+    let detail = action;
+    let instance =
+        caller
+            .audited(&state, "workflow.act", &format!("application:{id}"), &detail, || outcome)?;
+    Ok(Json(instance))
+}
+
+/// One application with its history: its applicant, anyone whose turn it is, and
+/// those who read everything (admin, auditor).
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(id): Params<u64>,
+) -> ApiResult<Instance> {
+    let instance = state.workflows.instance(id)?;
+    let involved = instance.applicant == caller.operator
+        || instance.history.iter().any(|h| h.actor == caller.operator)
+        || state.workflows.inbox(&actor(&caller))?.iter().any(|i| i.id == id);
+    if !involved {
+        caller.require(&state, Permission::AuditRead)?;
+    }
+    Ok(Json(instance))
+}
+
+/// The caller's inbox (待办).
+pub async fn inbox(State(state): State<AppState>, caller: Caller) -> ApiResult<Vec<Instance>> {
+    Ok(Json(state.workflows.inbox(&actor(&caller))?))
+}
+
+/// `?mine=true` (the caller's own applications) or `?overdue=true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    mine: bool,
+    #[serde(default)]
+    overdue: bool,
+}
+
+/// The caller's own applications (where each stands), or every overdue one.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Vec<Instance>> {
+    if query.overdue {
+        caller.require(&state, Permission::LedgerRead)?;
+        return Ok(Json(state.workflows.overdue(now_ms())?));
+    }
+    if !query.mine {
+        caller.require(&state, Permission::AuditRead)?;
+        return Ok(Json(state.workflows.list(|_| true)?));
+    }
+    Ok(Json(state.workflows.list(|i| i.applicant == caller.operator)?))
+}
