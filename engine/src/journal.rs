@@ -76,11 +76,13 @@ pub enum TransferKind {
     SettlementPayout = 13,
     /// The university's commission at settlement.
     Commission = 14,
+    /// What was left in a restricted purse at term end (清零), back to subsidy funding.
+    SubsidyExpiry = 15,
 }
 
 impl TransferKind {
     /// Every kind, in code order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Purchase,
         Self::TopUp,
         Self::Refund,
@@ -95,6 +97,7 @@ impl TransferKind {
         Self::Adjustment,
         Self::SettlementPayout,
         Self::Commission,
+        Self::SubsidyExpiry,
     ];
 
     /// The kind coded `byte`.
@@ -121,6 +124,7 @@ impl TransferKind {
             Self::Adjustment => "adjustment",
             Self::SettlementPayout => "settlement_payout",
             Self::Commission => "commission",
+            Self::SubsidyExpiry => "subsidy_expiry",
         }
     }
 

@@ -1780,6 +1780,54 @@ impl Ledger {
         Ok((outcomes, false))
     }
 
+    /// Takes back what is left in a card account's restricted purse at term end
+    /// (清零): one transfer from the purse to subsidy funding. Returns the fen moved
+    /// (0: the purse was empty and nothing was written).
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownCard`] for an account that is not a card's, or a failed
+    /// write (then nothing moved).
+    pub fn expire_restricted(&self, account_number: u64) -> Result<i64, ControlError> {
+        let account = self
+            .shared
+            .cards
+            .account(account_number)
+            .ok_or(ControlError::UnknownCard(account_number))?;
+        let mut state = account.lock();
+        let fen = state.restricted_fen;
+        if fen <= 0 {
+            return Ok(0);
+        }
+        let transfer = ControlTransfer {
+            debit: AccountId::card_restricted(account_number),
+            credit: AccountId::single(AccountKind::SubsidyFunding),
+            amount_fen: fen,
+            kind: TransferKind::SubsidyExpiry,
+            card_number: 0,
+        };
+        let mut control = self.control();
+        self.commit_control(&mut control, &[transfer], |_, _| {})?;
+        drop(control);
+        state.restricted_fen = 0;
+        Ok(fen)
+    }
+
+    /// The card accounts whose restricted purse holds money, in account order, with
+    /// what each holds.
+    #[must_use]
+    pub fn restricted_purses(&self) -> Vec<(u64, i64)> {
+        let mut out: Vec<(u64, i64)> = self
+            .shared
+            .cards
+            .accounts()
+            .iter()
+            .map(|account| (account.number, account.lock().restricted_fen))
+            .filter(|(_, fen)| *fen > 0)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Writes one control batch: the transfers (with their balance merges and index
     /// keys) and whatever records `records` adds, synced.
     pub(crate) fn commit_control(

@@ -97,6 +97,8 @@ pub struct CardFlow {
     pub purchases_fen: i64,
     /// Balances moved out at closure (negative).
     pub closures_fen: i64,
+    /// Restricted purses taken back at term end, 清零 (negative).
+    pub expiries_fen: i64,
     /// Anything else (should be 0; a failed check if not).
     pub other_fen: i64,
     /// The pool at the end of the day.
@@ -114,6 +116,7 @@ impl CardFlow {
             K::Adjustment => &mut self.adjustments_fen,
             K::Purchase | K::OfflinePurchase => &mut self.purchases_fen,
             K::CloseBalance => &mut self.closures_fen,
+            K::SubsidyExpiry => &mut self.expiries_fen,
             _ => &mut self.other_fen,
         };
         *slot += fen;
@@ -127,6 +130,7 @@ impl CardFlow {
             + self.adjustments_fen
             + self.purchases_fen
             + self.closures_fen
+            + self.expiries_fen
             + self.other_fen
     }
 }

@@ -83,6 +83,9 @@ pub enum Effect {
     /// A new merchant (商户入驻), created disabled and opened by the next business
     /// day's cutover.
     MerchantOnboarding,
+    /// Term-end expiry (清零): every restricted purse's balance back to subsidy
+    /// funding. `serve` applies for it at each configured term end.
+    SubsidyExpiry,
 }
 
 /// One step of a definition.
@@ -121,7 +124,7 @@ pub struct Definition {
 
 /// The built-in definitions: the TOML files in `engine/workflows/`, written as a card
 /// centre writes its own.
-pub const BUILT_IN: [&str; 9] = [
+pub const BUILT_IN: [&str; 10] = [
     include_str!("../workflows/maintenance.toml"),
     include_str!("../workflows/adjustment.toml"),
     include_str!("../workflows/discrepancy.toml"),
@@ -131,6 +134,7 @@ pub const BUILT_IN: [&str; 9] = [
     include_str!("../workflows/commission_change.toml"),
     include_str!("../workflows/card_opening.toml"),
     include_str!("../workflows/card_extension.toml"),
+    include_str!("../workflows/subsidy_expiry.toml"),
 ];
 
 /// Cards one batch application lists at most.
@@ -220,6 +224,16 @@ pub struct HistoryEntry {
     /// A rating (1 to 5) the applicant gave when confirming, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rating: Option<u8>,
+    /// What they saw: the SHA-256 of the form as it stood when they acted (hex).
+    #[serde(default)]
+    pub form_sha256: String,
+}
+
+/// The SHA-256 of a form's JSON, hex: what an approver saw, kept in the history.
+#[must_use]
+pub fn form_digest(form: &serde_json::Value) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(serde_json::to_vec(form).unwrap_or_default()))
 }
 
 /// What a completed instance's effect did.
@@ -435,6 +449,11 @@ fn check_form(
         (Effect::MerchantOnboarding, _) => {
             onboarding_of(form)?;
             Ok(0)
+        }
+        (Effect::SubsidyExpiry, _) => {
+            text_field(form, "term_end")?;
+            text_field(form, "reason")?;
+            Ok(ledger.restricted_purses().iter().map(|(_, fen)| fen).sum())
         }
         (Effect::CommissionChange, _) => {
             let (merchant, _) = rate_change_of(form)?;
@@ -770,6 +789,7 @@ impl Workflows {
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
             .map_or(1, u64::from_be_bytes);
         let now = now_ms();
+        let digest = form_digest(&form);
         let instance = Instance {
             id,
             workflow: workflow.to_owned(),
@@ -788,6 +808,7 @@ impl Workflows {
                 comment: String::new(),
                 from: actor.from.clone(),
                 rating: None,
+                form_sha256: digest,
             }],
             effect: None,
         };
@@ -870,6 +891,7 @@ impl Workflows {
             comment: comment.to_owned(),
             from: actor.from.clone(),
             rating: None,
+            form_sha256: form_digest(&instance.form),
         };
         if instance.status == Status::Returned {
             // The applicant resubmits (approve) or withdraws (reject).
@@ -1031,6 +1053,19 @@ impl Workflows {
                 for open in openings_of(&instance.form)? {
                     rows.push(self.open_one(open)?);
                 }
+                Ok(0)
+            }
+            Effect::SubsidyExpiry => {
+                // A run again after a crash finds the purses it emptied empty.
+                let (mut purses, mut fen) = (0u64, 0i64);
+                for (account, _) in self.ledger.restricted_purses() {
+                    let moved = self.ledger.expire_restricted(account)?;
+                    purses += u64::from(moved > 0);
+                    fen += moved;
+                }
+                note = format!(
+                    "{purses} restricted purses emptied, {fen} fen back to subsidy funding"
+                );
                 Ok(0)
             }
             Effect::MerchantOnboarding => {

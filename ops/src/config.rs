@@ -59,6 +59,12 @@ pub struct Settings {
     #[arg(long, env = "ONECARD_AUTO_SETTLE", num_args = 0..=1, default_missing_value = "true")]
     pub auto_settle: Option<bool>,
 
+    /// The term ends (学期末), YYYY-MM-DD, comma-separated: on each, serve applies for
+    /// the expiry (清零) of every restricted purse, which runs once approved.
+    /// [default: none]
+    #[arg(long, env = "ONECARD_TERM_ENDS")]
+    pub term_ends: Option<String>,
+
     /// Directory of workflow definitions, one `<name>.toml` each, loaded beside the
     /// built-in ones. [default: <data_dir>/workflows]
     #[arg(long, env = "ONECARD_WORKFLOWS_DIR")]
@@ -157,6 +163,7 @@ impl Settings {
             meal_hours,
             auto_settle,
             channel_adapters_dir,
+            term_ends,
             workflows_dir,
             settlement_dir,
             terminal_connections_max,
@@ -212,6 +219,8 @@ pub struct Config {
     pub channel_adapters_dir: PathBuf,
     /// Where workflow definitions beside the built-in ones are.
     pub workflows_dir: PathBuf,
+    /// The term ends, when the restricted purses' expiry is applied for.
+    pub term_ends: Vec<onecard_engine::BusinessDate>,
     /// The terminal port.
     pub terminal_listen: SocketAddr,
     /// The admin port.
@@ -314,6 +323,20 @@ impl Config {
             .map_or(Ok(defaults.meal_hours), MealHours::parse)
             .map_err(anyhow::Error::msg)?;
         let data_dir = settings.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let term_ends = settings
+            .term_ends
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+            .map(|text| {
+                crate::api::money::parse_date(text)
+                    .ok()
+                    .and_then(onecard_engine::BusinessDate::from_yyyymmdd)
+                    .with_context(|| format!("term end {text:?} is not a date as YYYY-MM-DD"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             settlement_dir: settings.settlement_dir.unwrap_or_else(|| data_dir.join("settlements")),
             auto_settle: settings.auto_settle.unwrap_or(true),
@@ -321,6 +344,7 @@ impl Config {
                 .channel_adapters_dir
                 .unwrap_or_else(|| data_dir.join("channel-adapters")),
             workflows_dir: settings.workflows_dir.unwrap_or_else(|| data_dir.join("workflows")),
+            term_ends,
             data_dir,
             terminal_listen: settings
                 .terminal_listen

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use onecard_engine::reconcile::Reconciliation;
 use onecard_engine::settlement::Settled;
 use onecard_engine::statement::ChannelReconciliation;
+use onecard_engine::workflow::{Actor, Workflows};
 use onecard_engine::{BusinessDate, Ledger};
 use prometheus::{IntCounter, IntGauge};
 
@@ -75,7 +76,7 @@ pub fn reconciliation_text(reconciliation: &Reconciliation) -> String {
     let _ = writeln!(
         out,
         "{date}: card pool opened {}, top-ups {}, subsidies {}, refunds {}, reversals {}, \
-         adjustments {}, purchases {}, closures {}, closed {}",
+         adjustments {}, purchases {}, closures {}, expiries {}, closed {}",
         yuan(flow.opening_fen),
         yuan(flow.top_ups_fen),
         yuan(flow.subsidies_fen),
@@ -84,6 +85,7 @@ pub fn reconciliation_text(reconciliation: &Reconciliation) -> String {
         yuan(flow.adjustments_fen),
         yuan(flow.purchases_fen),
         yuan(flow.closures_fen),
+        yuan(flow.expiries_fen),
         yuan(flow.closing_fen),
     );
     for check in &reconciliation.checks {
@@ -265,24 +267,91 @@ fn tick(ledger: &Ledger, settle: bool, dir: &Path, metrics: &DayMetrics) -> anyh
     Ok(())
 }
 
+/// What the day task works with.
+pub struct DayTask {
+    /// The ledger.
+    pub ledger: Arc<Ledger>,
+    /// The workflows: term-end applications are submitted here, and approved effects
+    /// a failure left pending are retried.
+    pub workflows: Workflows,
+    /// Settle each closed date and write its files.
+    pub settle: bool,
+    /// Where the files go.
+    pub dir: PathBuf,
+    /// The term ends (学期末): on each, `serve` applies for the restricted purses'
+    /// expiry (清零), which runs once approved.
+    pub term_ends: Vec<BusinessDate>,
+}
+
+/// The application `serve` makes as itself.
+fn system_actor() -> Actor {
+    Actor { name: "onecard".to_owned(), roles: Vec::new(), from: "serve".to_owned() }
+}
+
+/// Applies for the term-end expiry of every term end now closed (within the catch-up
+/// window) that has no application yet. Returns the applications made.
+fn apply_for_term_ends(task: &DayTask) -> anyhow::Result<Vec<u64>> {
+    let closed = task.ledger.closed_through();
+    let due: Vec<BusinessDate> = task
+        .term_ends
+        .iter()
+        .copied()
+        .filter(|end| *end <= closed && closed.to_unix_days() - end.to_unix_days() <= 31)
+        .collect();
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let existing = task.workflows.list(|i| i.workflow == "subsidy_expiry")?;
+    let mut made = Vec::new();
+    for end in due {
+        let term_end = end.to_string();
+        if existing
+            .iter()
+            .any(|i| i.form.get("term_end").and_then(|v| v.as_str()) == Some(&term_end))
+        {
+            continue;
+        }
+        let form = serde_json::json!({
+            "term_end": term_end,
+            "reason": format!("学期末清零: the term ended on {end}"),
+        });
+        let instance = task.workflows.submit(&system_actor(), "subsidy_expiry", form)?;
+        tracing::info!(term_end = %end, application = instance.id, "applied for the term-end expiry (清零)");
+        made.push(instance.id);
+    }
+    Ok(made)
+}
+
+/// Ticks between retries of approved effects a failure left pending.
+const RECOVERY_EVERY_TICKS: u64 = 60;
+
 /// Runs the day until `shutdown` turns true: a look at the clock every second.
-pub async fn run(
-    ledger: Arc<Ledger>,
-    settle: bool,
-    dir: PathBuf,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let metrics = Arc::new(DayMetrics::new(ledger.metrics().registry()));
+pub async fn run(task: DayTask, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let metrics = Arc::new(DayMetrics::new(task.ledger.metrics().registry()));
+    let task = Arc::new(task);
     let mut interval = tokio::time::interval(TURN_CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let (ledger, dir, metrics) = (Arc::clone(&ledger), dir.clone(), Arc::clone(&metrics));
+        ticks += 1;
+        let (job, metrics) = (Arc::clone(&task), Arc::clone(&metrics));
         let outcome = tokio::task::spawn_blocking(move || {
-            tick(&ledger, settle, &dir, &metrics).map_err(|e| (e, metrics))
+            let turned = tick(&job.ledger, job.settle, &job.dir, &metrics);
+            let applied = turned.and_then(|()| apply_for_term_ends(&job).map(drop));
+            let recovered = applied.and_then(|()| {
+                if ticks.is_multiple_of(RECOVERY_EVERY_TICKS) {
+                    let ran = job.workflows.recover()?;
+                    if !ran.is_empty() {
+                        tracing::warn!(?ran, "ran approved effects a failure had left pending");
+                    }
+                }
+                Ok(())
+            });
+            recovered.map_err(|e| (e, metrics))
         })
         .await;
         match outcome {

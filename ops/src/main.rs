@@ -361,9 +361,13 @@ async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> 
         shutdown_rx.clone(),
     ));
     let day = tokio::spawn(day::run(
-        Arc::clone(&ledger),
-        config.auto_settle,
-        config.settlement_dir.clone(),
+        day::DayTask {
+            ledger: Arc::clone(&ledger),
+            workflows: state.workflows.clone(),
+            settle: config.auto_settle,
+            dir: config.settlement_dir.clone(),
+            term_ends: config.term_ends.clone(),
+        },
         shutdown_rx.clone(),
     ));
     let mut http_shutdown = shutdown_rx;

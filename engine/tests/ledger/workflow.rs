@@ -192,7 +192,8 @@ fn a_definition_is_data_and_a_bad_one_is_refused() {
             "lost_and_found",
             "maintenance",
             "merchant_onboarding",
-            "subsidy_batch"
+            "subsidy_batch",
+            "subsidy_expiry"
         ]
     );
     for bad in [
@@ -391,6 +392,46 @@ fn subsidies_closures_and_extensions_take_effect_once_with_each_row_reported() {
     let checker = actor("finance.zhao", &["finance"]);
     let done = workflows.act(&checker, small.id, Action::Approve, "", None, None).expect("posts");
     assert!(matches!(done.effect, Some(EffectState::Done { transfer_id, .. }) if transfer_id != 0));
+    let report = ledger.verify().expect("reads");
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn the_term_end_expiry_empties_every_restricted_purse_once_approved() {
+    use onecard_engine::cards::Purse;
+    let dir = TempDir::new("workflow-expiry");
+    let ledger = Arc::new(Ledger::open(dir.path(), config(2)).expect("opens"));
+    let workflows = Workflows::new(Arc::clone(&ledger), &[]).expect("built-ins");
+    for card in [5001, 5002, 5003] {
+        open_card(&ledger, card, 10_00);
+    }
+    ledger.post_subsidy(5001, 30_00, Purse::Restricted).expect("credits");
+    ledger.post_subsidy(5002, 12_50, Purse::Restricted).expect("credits");
+    let system = actor("onecard", &[]);
+    let form = json!({ "term_end": "2027-01-20", "reason": "学期末清零" });
+    let id = workflows.submit(&system, "subsidy_expiry", form).expect("applies").id;
+    assert_eq!(
+        workflows.instance(id).expect("stored").amount_fen,
+        42_50,
+        "what it would take back"
+    );
+    workflows
+        .act(&actor("finance.li", &["finance"]), id, Action::Approve, "", None, None)
+        .expect("ok");
+    let done = workflows
+        .act(&actor("head.chen", &["department_head"]), id, Action::Approve, "", None, None)
+        .expect("runs");
+    let Some(EffectState::Done { note, .. }) = &done.effect else { panic!("done: {done:?}") };
+    assert_eq!(note, "2 restricted purses emptied, 4250 fen back to subsidy funding");
+    for card in [5001, 5002, 5003] {
+        let view = ledger.card(card).expect("a card");
+        assert_eq!(
+            (view.restricted_fen, view.balance_fen),
+            (0, 10_00),
+            "card {card}: main untouched"
+        );
+    }
+    assert!(ledger.restricted_purses().is_empty());
     let report = ledger.verify().expect("reads");
     assert!(report.is_clean(), "{report}");
 }

@@ -123,6 +123,17 @@ pub async fn act(
         }
         None => None,
     };
+    // What the operator saw when they acted, for the audit log: the application's
+    // workflow, its status and step, and its form's digest.
+    let seen = state.workflows.instance(id).ok().map_or_else(String::new, |instance| {
+        format!(
+            " (saw {} application at step {}, status {:?}, form sha256 {})",
+            instance.workflow,
+            instance.step,
+            instance.status,
+            onecard_engine::workflow::form_digest(&instance.form)
+        )
+    });
     let workflows = state.workflows.clone();
     let who = actor(&caller);
     let outcome = tokio::task::spawn_blocking(move || {
@@ -132,7 +143,7 @@ pub async fn act(
     .map_err(|error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
     })?;
-    let detail = action;
+    let detail = format!("{action}{seen}");
     let instance =
         caller
             .audited(&state, "workflow.act", &format!("application:{id}"), &detail, || outcome)?;

@@ -207,4 +207,112 @@ async fn subsidies_closures_openings_extensions_and_discrepancies_walk_end_to_en
     assert_eq!(approve(&checker, id)["effect"]["state"], "done");
     let (_, suspense) = admin.get("/api/accounts/suspense:0");
     assert_eq!(suspense["balance_yuan"], "3.00");
+
+    // 商户费率变更 and 商户入驻: both take effect from the next business day.
+    let (_, merchants) = admin.get("/api/merchants");
+    let canteen = merchants
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|m| m["category"] == "canteen")
+        .expect("a canteen")["id"]
+        .as_u64()
+        .expect("an id");
+    let id = apply(
+        &finance,
+        "commission_change",
+        json!({
+            "merchant_id": canteen, "commission_rate": "0.02", "reason": "新学年",
+        }),
+    );
+    approve(&checker, id);
+    assert_eq!(approve(&head, id)["effect"]["state"], "done");
+    let (_, merchant) = admin.get(&format!("/api/merchants/{canteen}"));
+    assert_eq!(merchant["commission_rate"], "0.015", "today keeps today's rate");
+    assert_eq!(merchant["scheduled_rates"][0]["rate"], "0.02", "{merchant}");
+    let id = apply(
+        &finance,
+        "merchant_onboarding",
+        json!({
+            "name": "三食堂", "category": "canteen", "commission_rate": "0.01",
+        }),
+    );
+    approve(&checker, id);
+    approve(&head, id);
+    let find = |name: &str| {
+        let (_, merchants) = admin.get("/api/merchants");
+        merchants.as_array().expect("a list").iter().find(|m| m["name"] == name).cloned()
+    };
+    assert_eq!(find("三食堂").expect("onboarded")["enabled"], false, "not before tomorrow");
+    let (_, balances) = admin.get("/api/balances");
+    let today = balances["business_date"].as_str().expect("a date").to_owned();
+    let (status, _) = admin.post("/api/cutover", &json!({ "date": today }));
+    assert_eq!(status, 200);
+    assert_eq!(find("三食堂").expect("onboarded")["enabled"], true, "opened by the cutover");
+}
+
+#[test]
+fn at_a_term_end_serve_applies_for_the_expiry_and_it_runs_once_approved() {
+    use onecard_engine::BusinessDate;
+    use onecard_engine::date::now_ms;
+    // The term ended yesterday: the demo's students' restricted purses hold 50.00.
+    let yesterday = BusinessDate::at(now_ms(), 480, 0).previous().to_string();
+    let dir = TempDir::new("workflow-term-end");
+    let server = Server::start_with(
+        dir.path(),
+        &["--demo", "--demo-cards", "200", "--term-ends", &yesterday],
+    );
+    let operators =
+        std::fs::read_to_string(dir.path().join("demo/operators.csv")).expect("operators.csv");
+    let login = |name: &str| {
+        let line = operators.lines().find(|l| l.starts_with(&format!("{name},"))).expect("a line");
+        let password = line.split(',').nth(2).expect("a password");
+        let mut api = server.api();
+        api.login(name, password).expect("logs in");
+        api
+    };
+    let (finance, head) = (login("demo-finance"), login("demo-department_head"));
+    // serve applies by itself, within a second or two of starting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let id = loop {
+        let (_, inbox) = finance.get("/api/inbox");
+        if let Some(found) =
+            inbox.as_array().and_then(|a| a.iter().find(|i| i["workflow"] == "subsidy_expiry"))
+        {
+            assert_eq!(found["applicant"], "onecard");
+            assert_eq!(found["form"]["term_end"], yesterday.as_str());
+            break found["id"].as_u64().expect("an id");
+        }
+        assert!(std::time::Instant::now() < deadline, "serve applied for the expiry");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, first_card) = finance.get("/api/cards/20260000001");
+    let before = first_card["restricted_yuan"].clone();
+    let approve = |api: &onecard_tests::Api| {
+        let (status, body) = api.post(&format!("/api/applications/{id}/approve"), &json!({}));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    approve(&finance);
+    let done = approve(&head);
+    assert_eq!(done["effect"]["state"], "done", "{done}");
+    assert!(done["effect"]["note"].as_str().expect("a note").contains("restricted purses emptied"));
+    let (_, card) = finance.get("/api/cards/20260000001");
+    assert_eq!(card["restricted_yuan"], "0.00", "was {before}");
+    assert!(server.stop().success());
+    // A restart does not apply for the same term end twice.
+    let server = Server::start_with(dir.path(), &["--term-ends", &yesterday]);
+    std::thread::sleep(Duration::from_secs(2));
+    let line = operators.lines().find(|l| l.starts_with("demo-auditor,")).expect("an auditor");
+    let mut auditor = server.api();
+    auditor.login("demo-auditor", line.split(',').nth(2).expect("a password")).expect("logs in");
+    let (_, all) = auditor.get("/api/applications");
+    let expiries = all
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|i| i["workflow"] == "subsidy_expiry")
+        .count();
+    assert_eq!(expiries, 1, "one application per term end");
+    assert!(server.stop().success());
 }
