@@ -204,6 +204,11 @@ pub fn router(state: AppState) -> Router {
             post(workflows::submit)
                 .layer(axum::extract::DefaultBodyLimit::max(WORKFLOW_BODY_BYTES_MAX)),
         )
+        .route(
+            "/workflows/{name}/csv",
+            post(workflows::submit_csv)
+                .layer(axum::extract::DefaultBodyLimit::max(WORKFLOW_BODY_BYTES_MAX)),
+        )
         .route("/applications", get(workflows::list))
         .route("/applications/{id}", get(workflows::show))
         .route("/applications/{id}/{action}", post(workflows::act))

@@ -82,6 +82,109 @@ pub async fn submit(
     Ok(Json(instance))
 }
 
+/// `?reason=...` for a subsidy list uploaded as CSV.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvQuery {
+    reason: String,
+}
+
+/// A subsidy list as finance keeps it: CSV (UTF-8, a BOM allowed) with the header
+/// `card_number,amount_yuan,purse,reason`, one subsidy a line; `purse` is `main` or
+/// `restricted` (empty: main). A line that cannot be read refuses the upload, named by
+/// its line number; a card that cannot take the subsidy is reported when it posts.
+fn subsidy_rows_from_csv(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
+    let bad =
+        |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_form", message);
+    let body = body.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(body);
+    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(body);
+    let header = reader.headers().map_err(|error| bad(format!("the header: {error}")))?.clone();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| bad(format!("no column {name:?}")))
+    };
+    let (card_at, amount_at) = (column("card_number")?, column("amount_yuan")?);
+    let (purse_at, reason_at) = (
+        header.iter().position(|h| h.trim() == "purse"),
+        header.iter().position(|h| h.trim() == "reason"),
+    );
+    let mut rows = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let record = record.map_err(|error| bad(format!("line {line}: {error}")))?;
+        let field = |at: usize| record.get(at).unwrap_or("").trim();
+        let card: u64 = field(card_at)
+            .parse()
+            .map_err(|_| bad(format!("line {line}: card_number {:?}", field(card_at))))?;
+        let fen = super::money::parse_yuan(field(amount_at))
+            .map_err(|m| bad(format!("line {line}: {m}")))?;
+        let purse = purse_at.map(field).filter(|p| !p.is_empty()).unwrap_or("main");
+        rows.push(serde_json::json!({
+            "card_number": card,
+            "amount_fen": fen,
+            "purse": purse,
+            "reason": reason_at.map(field).unwrap_or(""),
+        }));
+    }
+    Ok(rows)
+}
+
+/// Submits a subsidy batch uploaded as a CSV list (see [`subsidy_rows_from_csv`]).
+pub async fn submit_csv(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(name): Params<String>,
+    QueryParams(query): QueryParams<CsvQuery>,
+    RawUpload(body): RawUpload,
+) -> ApiResult<Instance> {
+    if name != "subsidy_batch" {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_form",
+            format!("only subsidy_batch takes a CSV list, not {name:?}"),
+        ));
+    }
+    let rows = subsidy_rows_from_csv(&body);
+    let form = rows.map(|rows| serde_json::json!({ "reason": query.reason, "rows": rows }));
+    let workflows = state.workflows.clone();
+    let who = actor(&caller);
+    let outcome = match form {
+        Ok(form) => {
+            tokio::task::spawn_blocking(move || workflows.submit(&who, "subsidy_batch", form))
+                .await
+                .map_err(|error| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+                })?
+                .map_err(ApiError::from)
+        }
+        Err(error) => Err(error),
+    };
+    let detail = format!("{} bytes of CSV", body.len());
+    let instance =
+        caller.audited(&state, "workflow.submit", "workflow:subsidy_batch", &detail, || outcome)?;
+    Ok(Json(instance))
+}
+
+/// A body up to [`super::WORKFLOW_BODY_BYTES_MAX`], read whole.
+pub struct RawUpload(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawUpload {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(request, state).await.map(Self).map_err(|rejection| {
+            let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "body_too_large"
+            } else {
+                "bad_body"
+            };
+            ApiError::new(rejection.status(), code, rejection.body_text())
+        })
+    }
+}
+
 /// `POST /api/applications/{id}/{action}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

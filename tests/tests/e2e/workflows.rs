@@ -116,6 +116,22 @@ fn an_adjustment_approved_as_the_process_dies_posts_once_after_restart() {
     assert!(report.contains("every invariant holds"), "{report}");
 }
 
+/// Sends the headers of a 5 MiB upload to `path` and nothing more; returns the answer,
+/// which must come before any of the body is read.
+fn declare_oversize(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: onecard\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: text/csv\r\nContent-Length: 5242880\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("writes");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
 /// Submits `form` to `workflow` as `applicant`; returns the application's id.
 fn apply(applicant: &onecard_tests::Api, workflow: &str, form: serde_json::Value) -> u64 {
     let (status, applied) =
@@ -172,6 +188,27 @@ async fn subsidies_closures_openings_extensions_and_discrepancies_walk_end_to_en
         crate::support::balance_fen(admin, first),
         crate::support::FUNDED_FEN + 50_00 + 2_000
     );
+
+    // The same as finance keeps it: a CSV list. A line that cannot be read refuses
+    // the upload and names the line; an oversize upload is refused before it is read.
+    let path = "/api/workflows/subsidy_batch/csv?reason=%E8%A1%A5%E5%8A%A9";
+    let bad = "card_number,amount_yuan,purse,reason\r\n1,2.00,main,ok\r\n2,2.0.0,main,bad\r\n";
+    let (status, refused) = finance.post_raw(path, "text/csv", bad.as_bytes());
+    assert_eq!((status, &refused["error"]["code"]), (422, &json!("invalid_form")));
+    assert!(refused["error"]["message"].as_str().expect("a message").contains("line 3"));
+    let answer = declare_oversize(server.admin_addr(), path, finance.token().expect("a token"));
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("body_too_large"), "{answer}");
+    let list = format!(
+        "\u{feff}card_number,amount_yuan,purse,reason\r\n{first},1.00,main,困难补助\r\n42,1.00,,无此卡\r\n"
+    );
+    let (status, applied) = finance.post_raw(path, "text/csv", list.as_bytes());
+    assert_eq!(status, 200, "{applied}");
+    let id = applied["id"].as_u64().expect("an id");
+    approve(&head, id);
+    let done = approve(admin, id);
+    let oks: Vec<bool> =
+        done["effect"]["rows"].as_array().expect("rows").iter().map(|r| r["ok"] == true).collect();
+    assert_eq!(oks, [true, false], "the unknown card is reported, the rest posts");
 
     // 销户退款 below the threshold: finance alone.
     let id = apply(&clerk, "card_closure", json!({ "cards": [second], "reason": "graduation" }));
