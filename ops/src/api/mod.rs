@@ -403,7 +403,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
-/// A body read whole (within [`API_BODY_BYTES_MAX`]), for endpoints whose body
+/// A body read whole (within [`API_BODY_BYTES_MAX`], or the route's own larger
+/// limit where it sets one), for endpoints whose body
 /// depends on the action; parse it with [`parse_json`].
 pub struct RawBody(pub axum::body::Bytes);
 

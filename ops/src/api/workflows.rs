@@ -15,7 +15,7 @@ use onecard_engine::workflow::{Action, Actor, Definition, Instance, WorkflowErro
 use serde::Deserialize;
 
 use super::auth::{Caller, Permission};
-use super::{ApiError, ApiResult, AppState, Body, Params, QueryParams};
+use super::{ApiError, ApiResult, AppState, Body, Params, QueryParams, RawBody};
 
 impl From<WorkflowError> for ApiError {
     fn from(error: WorkflowError) -> Self {
@@ -137,7 +137,7 @@ pub async fn submit_csv(
     caller: Caller,
     Params(name): Params<String>,
     QueryParams(query): QueryParams<CsvQuery>,
-    RawUpload(body): RawUpload,
+    RawBody(body): RawBody,
 ) -> ApiResult<Instance> {
     if name != "subsidy_batch" {
         return Err(ApiError::new(
@@ -165,24 +165,6 @@ pub async fn submit_csv(
     let instance =
         caller.audited(&state, "workflow.submit", "workflow:subsidy_batch", &detail, || outcome)?;
     Ok(Json(instance))
-}
-
-/// A body up to [`super::WORKFLOW_BODY_BYTES_MAX`], read whole.
-pub struct RawUpload(pub axum::body::Bytes);
-
-impl<S: Send + Sync> axum::extract::FromRequest<S> for RawUpload {
-    type Rejection = ApiError;
-
-    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        axum::body::Bytes::from_request(request, state).await.map(Self).map_err(|rejection| {
-            let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "body_too_large"
-            } else {
-                "bad_body"
-            };
-            ApiError::new(rejection.status(), code, rejection.body_text())
-        })
-    }
 }
 
 /// `POST /api/applications/{id}/{action}`.
