@@ -1100,6 +1100,58 @@ impl Workflows {
         Ok(instance)
     }
 
+    /// The applicant resubmits a returned application with a changed form: the form
+    /// is checked again, its amount reckoned again, and the application starts over
+    /// at its first step that applies.
+    ///
+    /// # Errors
+    /// [`WorkflowError::NotYourTurn`] unless the application is returned and `actor`
+    /// is its applicant; [`WorkflowError::Form`] for a form its workflow refuses.
+    pub fn resubmit(
+        &self,
+        actor: &Actor,
+        id: u64,
+        form: serde_json::Value,
+        comment: &str,
+    ) -> Result<Instance, WorkflowError> {
+        if comment.len() > WORKFLOW_TEXT_BYTES_MAX {
+            return Err(WorkflowError::Form(format!(
+                "a comment is at most {WORKFLOW_TEXT_BYTES_MAX} bytes"
+            )));
+        }
+        let _writing = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut instance = self.instance(id)?;
+        if instance.status != Status::Returned || instance.applicant != actor.name {
+            return Err(WorkflowError::NotYourTurn(
+                "only its applicant resubmits a returned application".to_owned(),
+            ));
+        }
+        let definition = self.definition(&instance.workflow)?;
+        let amount_fen = check_form(&self.ledger, definition, &form)?;
+        let first = applicable_step(definition, 0, amount_fen).ok_or_else(|| {
+            WorkflowError::Definition(format!("{}: no step applies", definition.name))
+        })?;
+        let now = now_ms();
+        instance.history.push(HistoryEntry {
+            at_ms: now,
+            actor: actor.name.clone(),
+            action: "resubmit".to_owned(),
+            step: definition.steps[first].name.clone(),
+            comment: comment.to_owned(),
+            from: actor.from.clone(),
+            rating: None,
+            form_sha256: form_digest(&form),
+        });
+        instance.form = form;
+        instance.amount_fen = amount_fen;
+        instance.status = Status::Open;
+        instance.step = first;
+        instance.assignee = None;
+        instance.step_since_ms = now;
+        self.put(&instance, None)?;
+        Ok(instance)
+    }
+
     /// Closes one card for a closure batch. A card already closed counts as done: a
     /// batch run again after a crash moves no money twice, because closing moves it.
     fn close_one(&self, card: u64) -> Result<RowOutcome, WorkflowError> {

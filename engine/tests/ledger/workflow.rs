@@ -116,8 +116,25 @@ fn a_maintenance_request_walks_to_its_rating_and_every_refusal_is_typed() {
     // Returned to the applicant, who resubmits.
     workflows.act(&zhang, own, Action::Return, "写清楚宿舍", None, None).expect("returns");
     assert_eq!(workflows.inbox(&wang).expect("reads").iter().filter(|i| i.id == own).count(), 1);
-    let back = workflows.act(&wang, own, Action::Approve, "", None, None).expect("resubmits");
+    let mut changed = maintenance_form();
+    changed["dormitory"] = json!("东区 3 栋 402 室");
+    assert!(
+        matches!(
+            workflows.resubmit(&zhang, own, changed.clone(), ""),
+            Err(WorkflowError::NotYourTurn(_))
+        ),
+        "only the applicant resubmits"
+    );
+    let back = workflows.resubmit(&wang, own, changed, "补上房号").expect("resubmits");
     assert_eq!((back.status, back.step), (Status::Open, 0));
+    assert_eq!(back.form["dormitory"], "东区 3 栋 402 室");
+    assert!(
+        matches!(
+            workflows.resubmit(&wang, own, maintenance_form(), ""),
+            Err(WorkflowError::NotYourTurn(_))
+        ),
+        "an open application is not resubmitted"
+    );
     // Overdue: a day past triage's 24 hours.
     let later = back.step_since_ms + 25 * 3_600_000;
     assert!(workflows.overdue(later).expect("reads").iter().any(|i| i.id == own));

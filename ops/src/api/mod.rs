@@ -211,6 +211,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/applications", get(workflows::list))
         .route("/applications/{id}", get(workflows::show))
+        .route(
+            "/applications/{id}/resubmit",
+            post(workflows::resubmit)
+                .layer(axum::extract::DefaultBodyLimit::max(WORKFLOW_BODY_BYTES_MAX)),
+        )
         .route("/applications/{id}/{action}", post(workflows::act))
         .route("/inbox", get(workflows::inbox))
         .route("/adjustments", get(adjustments::list).post(adjustments::propose))
@@ -263,11 +268,10 @@ async fn refuse_oversize(request: Request, next: Next) -> Response {
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    let limit = if request.uri().path().starts_with("/api/workflows/") {
-        WORKFLOW_BODY_BYTES_MAX
-    } else {
-        API_BODY_BYTES_MAX
-    };
+    let path = request.uri().path();
+    let form = path.starts_with("/api/workflows/")
+        || (path.starts_with("/api/applications/") && path.ends_with("/resubmit"));
+    let limit = if form { WORKFLOW_BODY_BYTES_MAX } else { API_BODY_BYTES_MAX };
     if declared.is_some_and(|length| length > limit as u64) {
         let message = format!("a body is at most {limit} bytes");
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)

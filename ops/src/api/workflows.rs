@@ -82,6 +82,37 @@ pub async fn submit(
     Ok(Json(instance))
 }
 
+/// `POST /api/applications/{id}/resubmit`: the changed form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResubmitRequest {
+    form: serde_json::Value,
+    #[serde(default)]
+    comment: String,
+}
+
+/// The applicant resubmits a returned application with a changed form.
+pub async fn resubmit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(id): Params<u64>,
+    Body(request): Body<ResubmitRequest>,
+) -> ApiResult<Instance> {
+    let workflows = state.workflows.clone();
+    let who = actor(&caller);
+    let outcome = tokio::task::spawn_blocking(move || {
+        workflows.resubmit(&who, id, request.form, &request.comment)
+    })
+    .await
+    .map_err(|error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+    })?;
+    let instance =
+        caller
+            .audited(&state, "workflow.resubmit", &format!("application:{id}"), "", || outcome)?;
+    Ok(Json(instance))
+}
+
 /// `?reason=...` for a subsidy list uploaded as CSV.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -68,8 +68,24 @@ fn a_maintenance_request_is_applied_for_handled_and_rated_over_http() {
     assert_eq!(overdue, Some(0.0), "nothing is overdue yet");
     let (status, _) = desk.get("/api/applications?overdue=true");
     assert_eq!(status, 403, "a clerk does not read the overdue list");
+    // Returned for changes, the applicant resubmits it with a changed form.
+    let (_, again) = desk.post("/api/workflows/maintenance", &form);
+    let again = again["id"].as_u64().expect("an id");
+    let (status, _) =
+        wang.post(&format!("/api/applications/{again}/return"), &json!({ "comment": "房号?" }));
+    assert_eq!(status, 200);
+    let mut changed = form.clone();
+    changed["form"]["dormitory"] = json!("西区 5 栋 101");
+    let (status, refused) = wang.post(&format!("/api/applications/{again}/resubmit"), &changed);
+    assert_eq!((status, &refused["error"]["code"]), (403, &json!("not_your_turn")));
+    let (status, back) = desk.post(&format!("/api/applications/{again}/resubmit"), &changed);
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(
+        (&back["status"], &back["form"]["dormitory"]),
+        (&json!("open"), &json!("西区 5 栋 101"))
+    );
     let (_, mine) = desk.get("/api/applications?mine=true");
-    assert_eq!(mine.as_array().expect("a list").len(), 1);
+    assert_eq!(mine.as_array().expect("a list").len(), 2);
     let (_, audit) = admin.get("/api/audit");
     let text = audit.to_string();
     assert!(text.contains("workflow.act") && text.contains("workflow.submit"), "audited");
