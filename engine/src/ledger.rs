@@ -72,6 +72,20 @@ pub struct LedgerConfig {
     pub meal_hours: MealHours,
 }
 
+impl LedgerConfig {
+    /// The date the clock gives at `now_ms`, in the card centre's zone and turn.
+    #[must_use]
+    pub fn clock_date_at(&self, now_ms: u64) -> BusinessDate {
+        BusinessDate::at(now_ms, self.utc_offset_minutes, self.cutover_minutes)
+    }
+
+    /// The date the clock gives now.
+    #[must_use]
+    pub fn clock_date(&self) -> BusinessDate {
+        self.clock_date_at(self.clock.now_ms())
+    }
+}
+
 impl Default for LedgerConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
@@ -325,8 +339,9 @@ pub(crate) struct Shared {
     closed_through: AtomicU32,
     /// Held by whoever is turning the day.
     cutover: Mutex<()>,
-    /// Held by whoever is settling a date.
-    pub settling: Mutex<()>,
+    /// Every settled business date, read from the settlement records at open and
+    /// kept as each date settles; held by whoever is settling a date.
+    pub settled: Mutex<std::collections::BTreeSet<BusinessDate>>,
     blacklist_version: AtomicU64,
     control: Mutex<ControlState>,
     fail_writes: Vec<AtomicBool>,
@@ -343,9 +358,7 @@ impl Shared {
     /// the clock gives if the day has turned and the cutover has not run yet (so the
     /// millisecond after the turn is already the new day's).
     pub fn date_at(&self, now_ms: u64) -> BusinessDate {
-        let clock =
-            BusinessDate::at(now_ms, self.config.utc_offset_minutes, self.config.cutover_minutes);
-        self.open_date().max(clock)
+        self.open_date().max(self.config.clock_date_at(now_ms))
     }
 
     /// The business date a commit now counts for.
@@ -445,11 +458,7 @@ impl Ledger {
         let store = Store::open(path, config.shards)?;
         let db = store.db();
         let meta = store.cf(CF_META);
-        let today = BusinessDate::at(
-            config.clock.now_ms(),
-            config.utc_offset_minutes,
-            config.cutover_minutes,
-        );
+        let today = config.clock_date();
         let stored = match db.get_cf(meta, KEY_BUSINESS_DATE)? {
             Some(bytes) => Some(
                 be_u32(&bytes)
@@ -480,6 +489,7 @@ impl Ledger {
         let shards = store.shards();
         let blacklist_version = control.blacklist_version;
         let audit = AuditLog::open(&store)?;
+        let settled = crate::settlement::load_settled_dates(&store)?;
         let shared = Arc::new(Shared {
             store,
             cards,
@@ -490,7 +500,7 @@ impl Ledger {
             business_date: AtomicU32::new(date.to_yyyymmdd()),
             closed_through: AtomicU32::new(date.previous().to_yyyymmdd()),
             cutover: Mutex::new(()),
-            settling: Mutex::new(()),
+            settled: Mutex::new(settled),
             blacklist_version: AtomicU64::new(blacklist_version),
             control: Mutex::new(control),
             fail_writes: (0..=usize::from(shards)).map(|_| AtomicBool::new(false)).collect(),
@@ -727,13 +737,7 @@ impl Ledger {
         if date < open {
             return Ok(Cutover { closed_through: self.closed_through(), open, changed: false });
         }
-        let config = &self.shared.config;
-        let today = BusinessDate::at(
-            config.clock.now_ms(),
-            config.utc_offset_minutes,
-            config.cutover_minutes,
-        );
-        if date > open || date > today {
+        if date > open || date > self.shared.config.clock_date() {
             return Err(ControlError::DateNotOpen { date, open });
         }
         self.turn(date.next())
@@ -746,12 +750,7 @@ impl Ledger {
     /// A failed write.
     pub fn cutover_due(&self) -> Result<Option<Cutover>, ControlError> {
         let _turning = self.shared.cutover.lock().unwrap_or_else(PoisonError::into_inner);
-        let config = &self.shared.config;
-        let today = BusinessDate::at(
-            config.clock.now_ms(),
-            config.utc_offset_minutes,
-            config.cutover_minutes,
-        );
+        let today = self.shared.config.clock_date();
         if today <= self.shared.open_date() {
             return Ok(None);
         }

@@ -598,6 +598,35 @@ impl From<DayReadError> for ControlError {
     }
 }
 
+/// Every settled business date, from the settlement records' keys: read once, when the
+/// ledger opens.
+pub(crate) fn load_settled_dates(
+    store: &Store,
+) -> Result<std::collections::BTreeSet<BusinessDate>, crate::ledger::LedgerError> {
+    let prefix = [control_key::SETTLEMENT];
+    let mut dates = std::collections::BTreeSet::new();
+    let mut iter = store.db().raw_iterator_cf(store.cf(CF_CONTROL));
+    iter.seek(prefix);
+    while let Some(key) = iter.key() {
+        if key.first() != Some(&control_key::SETTLEMENT) {
+            break;
+        }
+        let date = key
+            .get(1..5)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .and_then(BusinessDate::from_yyyymmdd)
+            .ok_or_else(|| crate::ledger::LedgerError::Corrupt {
+                what: "settlement key",
+                detail: hex::encode(key),
+            })?;
+        dates.insert(date);
+        iter.next();
+    }
+    iter.status()?;
+    Ok(dates)
+}
+
 fn settlement_key(date: BusinessDate) -> Vec<u8> {
     prefixed_key(control_key::SETTLEMENT, &date.to_yyyymmdd().to_be_bytes())
 }
@@ -613,8 +642,11 @@ impl Ledger {
     /// [`ControlError::DateNotClosed`] before the date's cutover; a failed or corrupt
     /// read; a failed write (then nothing was posted).
     pub fn settle(&self, date: BusinessDate) -> Result<Settled, ControlError> {
-        let _settling = self.shared.settling.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(settlement) = self.settlement(date)? {
+        let mut settled = self.shared.settled.lock().unwrap_or_else(PoisonError::into_inner);
+        if settled.contains(&date) {
+            let settlement = self.settlement(date)?.ok_or_else(|| {
+                ControlError::Corrupt(format!("the settlement record of {date} is missing"))
+            })?;
             return Ok(Settled { settlement, posted: false });
         }
         let closed_through = self.closed_through();
@@ -656,6 +688,7 @@ impl Ledger {
             write.put_cf(cf, settlement_key(date), &record);
         })?;
         drop(control);
+        settled.insert(date);
         let totals = settlement.totals();
         tracing::info!(
             date = %date,
@@ -759,31 +792,11 @@ impl Ledger {
     /// Every settled business date, oldest first.
     ///
     /// # Errors
-    /// A failed read.
+    /// None today: the dates are kept in memory (the `Result` leaves room for a
+    /// store that pages them).
     pub fn settled_dates(&self) -> Result<Vec<BusinessDate>, ControlError> {
-        let store = &self.shared.store;
-        let prefix = [control_key::SETTLEMENT];
-        let mut dates = Vec::new();
-        let iter = store.db().iterator_cf(
-            store.cf(CF_CONTROL),
-            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (key, _) = item?;
-            if key.first() != Some(&control_key::SETTLEMENT) {
-                break;
-            }
-            let date = key
-                .get(1..5)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(u32::from_be_bytes)
-                .and_then(BusinessDate::from_yyyymmdd)
-                .ok_or_else(|| {
-                    ControlError::Corrupt(format!("settlement key {}", hex::encode(&key)))
-                })?;
-            dates.push(date);
-        }
-        Ok(dates)
+        let settled = self.shared.settled.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(settled.iter().copied().collect())
     }
 }
 

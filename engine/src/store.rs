@@ -372,6 +372,19 @@ impl Store {
         &self.db
     }
 
+    /// The number a counter key in `family` holds (8 bytes, big-endian): the next id
+    /// to hand out, 1 while the key is absent.
+    ///
+    /// # Errors
+    /// A failed read.
+    pub fn counter(&self, family: &str, key: &[u8]) -> Result<u64, rocksdb::Error> {
+        Ok(self
+            .db
+            .get_cf(self.cf(family), key)?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(1, u64::from_be_bytes))
+    }
+
     /// The column family `name`.
     ///
     /// # Panics

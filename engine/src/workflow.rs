@@ -272,6 +272,29 @@ pub struct RowOutcome {
     pub ok: bool,
 }
 
+impl RowOutcome {
+    fn new(card_number: u64, outcome: impl Into<String>, ok: bool) -> Self {
+        Self { card_number, outcome: outcome.into(), ok }
+    }
+
+    /// A row's outcome from a ledger call: `done` when it took effect, the refusal in
+    /// words when the ledger refused it. A storage failure is the effect's own error:
+    /// the effect stays pending and runs again.
+    fn of<T>(
+        card_number: u64,
+        done: &str,
+        result: Result<T, ControlError>,
+    ) -> Result<Self, WorkflowError> {
+        match result {
+            Ok(_) => Ok(Self::new(card_number, done, true)),
+            Err(error @ (ControlError::Storage(_) | ControlError::FaultInjected)) => {
+                Err(error.into())
+            }
+            Err(refused) => Ok(Self::new(card_number, refused.to_string(), false)),
+        }
+    }
+}
+
 /// One application.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -480,16 +503,23 @@ fn check_form(
     }
 }
 
+/// A batch form's list `field`: 1 to [`BATCH_CARDS_MAX`] items, each one `what`.
+fn list_of<'a>(
+    form: &'a serde_json::Value,
+    field: &str,
+    what: &str,
+) -> Result<&'a Vec<serde_json::Value>, WorkflowError> {
+    form.get(field)
+        .and_then(serde_json::Value::as_array)
+        .filter(|items| !items.is_empty() && items.len() <= BATCH_CARDS_MAX)
+        .ok_or_else(|| {
+            WorkflowError::Form(format!("{field} must list 1 to {BATCH_CARDS_MAX} {what}"))
+        })
+}
+
 /// A batch form's card numbers (`cards`: a list of numbers).
 fn cards_of(form: &serde_json::Value) -> Result<Vec<u64>, WorkflowError> {
-    let cards = form
-        .get("cards")
-        .and_then(serde_json::Value::as_array)
-        .filter(|cards| !cards.is_empty() && cards.len() <= BATCH_CARDS_MAX)
-        .ok_or_else(|| {
-            WorkflowError::Form(format!("cards must list 1 to {BATCH_CARDS_MAX} card numbers"))
-        })?;
-    cards
+    list_of(form, "cards", "card numbers")?
         .iter()
         .enumerate()
         .map(|(row, card)| {
@@ -514,14 +544,8 @@ fn openings_of(form: &serde_json::Value) -> Result<Vec<crate::OpenCard>, Workflo
         #[serde(default)]
         deposit_fen: i64,
     }
-    let rows = form
-        .get("rows")
-        .and_then(serde_json::Value::as_array)
-        .filter(|rows| !rows.is_empty() && rows.len() <= BATCH_CARDS_MAX)
-        .ok_or_else(|| {
-            WorkflowError::Form(format!("rows must list 1 to {BATCH_CARDS_MAX} cards to open"))
-        })?;
-    rows.iter()
+    list_of(form, "rows", "cards to open")?
+        .iter()
         .enumerate()
         .map(|(index, row)| {
             let row: Row = serde_json::from_value(row.clone())
@@ -600,14 +624,8 @@ fn subsidy_rows_of(
     form: &serde_json::Value,
 ) -> Result<Vec<crate::ledger::SubsidyRow>, WorkflowError> {
     use crate::cards::Purse;
-    let rows = form
-        .get("rows")
-        .and_then(serde_json::Value::as_array)
-        .filter(|rows| !rows.is_empty() && rows.len() <= BATCH_CARDS_MAX)
-        .ok_or_else(|| {
-            WorkflowError::Form(format!("rows must list 1 to {BATCH_CARDS_MAX} subsidies"))
-        })?;
-    rows.iter()
+    list_of(form, "rows", "subsidies")?
+        .iter()
         .enumerate()
         .map(|(index, row)| {
             let bad = |what: &str| WorkflowError::Form(format!("rows[{index}]: {what}"));
@@ -782,12 +800,7 @@ impl Workflows {
             WorkflowError::Definition(format!("{workflow}: no step applies to this application"))
         })?;
         let _writing = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        let store = self.ledger.store();
-        let id = store
-            .db()
-            .get_cf(store.cf(CF_WORKFLOW), KEY_NEXT)?
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-            .map_or(1, u64::from_be_bytes);
+        let id = self.ledger.store().counter(CF_WORKFLOW, KEY_NEXT)?;
         let now = now_ms();
         let digest = form_digest(&form);
         let instance = Instance {
@@ -1155,17 +1168,15 @@ impl Workflows {
     /// Closes one card for a closure batch. A card already closed counts as done: a
     /// batch run again after a crash moves no money twice, because closing moves it.
     fn close_one(&self, card: u64) -> Result<RowOutcome, WorkflowError> {
-        let row =
-            |outcome: &str, ok| RowOutcome { card_number: card, outcome: outcome.to_owned(), ok };
         match self.ledger.close_card(card) {
-            Ok(_) => Ok(row("closed", true)),
             Err(ControlError::NotAllowed {
                 state: onecard_protocol::CardState::Closed, ..
-            }) => Ok(row("already closed: nothing refunded by this application", true)),
-            Err(error @ (ControlError::Storage(_) | ControlError::FaultInjected)) => {
-                Err(error.into())
-            }
-            Err(refused) => Ok(row(&refused.to_string(), false)),
+            }) => Ok(RowOutcome::new(
+                card,
+                "already closed: nothing refunded by this application",
+                true,
+            )),
+            result => RowOutcome::of(card, "closed", result),
         }
     }
 
@@ -1174,39 +1185,23 @@ impl Workflows {
     /// one that exists for someone else is refused.
     fn open_one(&self, open: crate::OpenCard) -> Result<RowOutcome, WorkflowError> {
         let card = open.card_number;
-        let row =
-            |outcome: &str, ok| RowOutcome { card_number: card, outcome: outcome.to_owned(), ok };
         if let Some(view) = self.ledger.card(card) {
             return Ok(if view.holder_id == open.holder_id {
-                row("already open", true)
+                RowOutcome::new(card, "already open", true)
             } else {
-                row("the number belongs to another holder", false)
+                RowOutcome::new(card, "the number belongs to another holder", false)
             });
         }
-        match self.ledger.open_card(open) {
-            Ok(_) => Ok(row("opened", true)),
-            Err(error @ (ControlError::Storage(_) | ControlError::FaultInjected)) => {
-                Err(error.into())
-            }
-            Err(refused) => Ok(row(&refused.to_string(), false)),
-        }
+        RowOutcome::of(card, "opened", self.ledger.open_card(open))
     }
 
     /// Extends one card for an extension batch; a card already valid to the date (or
     /// later) counts as done.
     fn extend_one(&self, card: u64, date: u32) -> Result<RowOutcome, WorkflowError> {
-        let row =
-            |outcome: &str, ok| RowOutcome { card_number: card, outcome: outcome.to_owned(), ok };
         if self.ledger.card(card).is_some_and(|view| view.expiry_date >= date) {
-            return Ok(row("already valid to the date", true));
+            return Ok(RowOutcome::new(card, "already valid to the date", true));
         }
-        match self.ledger.extend(card, date) {
-            Ok(_) => Ok(row("extended", true)),
-            Err(error @ (ControlError::Storage(_) | ControlError::FaultInjected)) => {
-                Err(error.into())
-            }
-            Err(refused) => Ok(row(&refused.to_string(), false)),
-        }
+        RowOutcome::of(card, "extended", self.ledger.extend(card, date))
     }
 
     /// Finishes every effect that was approved but not run (a process that died

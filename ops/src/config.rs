@@ -331,10 +331,8 @@ impl Config {
             .map(str::trim)
             .filter(|text| !text.is_empty())
             .map(|text| {
-                crate::api::money::parse_date(text)
-                    .ok()
-                    .and_then(onecard_engine::BusinessDate::from_yyyymmdd)
-                    .with_context(|| format!("term end {text:?} is not a date as YYYY-MM-DD"))
+                crate::api::money::parse_business_date(text)
+                    .map_err(|message| anyhow::anyhow!("term end: {message}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {

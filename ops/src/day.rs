@@ -14,7 +14,7 @@ use onecard_engine::workflow::{Actor, Workflows};
 use onecard_engine::{BusinessDate, Ledger};
 use prometheus::{IntCounter, IntGauge};
 
-use crate::api::money::{parse_date, yuan};
+use crate::api::money::{parse_business_date, yuan};
 use crate::settlement_files;
 
 /// How often `serve` looks at the clock for the turn of the day.
@@ -29,10 +29,7 @@ pub const SETTLE_CATCH_UP_DATES_MAX: usize = 31;
 /// # Errors
 /// If it is not a calendar date as YYYY-MM-DD.
 pub fn parse_date_arg(text: &str) -> anyhow::Result<BusinessDate> {
-    parse_date(text)
-        .ok()
-        .and_then(BusinessDate::from_yyyymmdd)
-        .with_context(|| format!("{text:?} is not a date as YYYY-MM-DD"))
+    parse_business_date(text).map_err(anyhow::Error::msg)
 }
 
 /// Settles `date` (or finds it settled) and writes its files into `dir`.
@@ -290,8 +287,15 @@ fn system_actor() -> Actor {
 
 /// Applies for the term-end expiry of every term end now closed (within the catch-up
 /// window) that has no application yet. Returns the applications made.
-fn apply_for_term_ends(task: &DayTask) -> anyhow::Result<Vec<u64>> {
+fn apply_for_term_ends(
+    task: &DayTask,
+    checked_through: &mut Option<BusinessDate>,
+) -> anyhow::Result<Vec<u64>> {
     let closed = task.ledger.closed_through();
+    // Only a cutover can make a term end due: look once per closed date.
+    if *checked_through == Some(closed) {
+        return Ok(Vec::new());
+    }
     let due: Vec<BusinessDate> = task
         .term_ends
         .iter()
@@ -299,6 +303,7 @@ fn apply_for_term_ends(task: &DayTask) -> anyhow::Result<Vec<u64>> {
         .filter(|end| *end <= closed && closed.to_unix_days() - end.to_unix_days() <= 31)
         .collect();
     if due.is_empty() {
+        *checked_through = Some(closed);
         return Ok(Vec::new());
     }
     let existing = task.workflows.list(|i| i.workflow == "subsidy_expiry")?;
@@ -319,6 +324,7 @@ fn apply_for_term_ends(task: &DayTask) -> anyhow::Result<Vec<u64>> {
         tracing::info!(term_end = %end, application = instance.id, "applied for the term-end expiry (清零)");
         made.push(instance.id);
     }
+    *checked_through = Some(closed);
     Ok(made)
 }
 
@@ -332,6 +338,7 @@ pub async fn run(task: DayTask, mut shutdown: tokio::sync::watch::Receiver<bool>
     let mut interval = tokio::time::interval(TURN_CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    let mut term_ends_checked: Option<BusinessDate> = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -339,9 +346,10 @@ pub async fn run(task: DayTask, mut shutdown: tokio::sync::watch::Receiver<bool>
         }
         ticks += 1;
         let (job, metrics) = (Arc::clone(&task), Arc::clone(&metrics));
+        let mut checked = term_ends_checked;
         let outcome = tokio::task::spawn_blocking(move || {
             let turned = tick(&job.ledger, job.settle, &job.dir, &metrics);
-            let applied = turned.and_then(|()| apply_for_term_ends(&job).map(drop));
+            let applied = turned.and_then(|()| apply_for_term_ends(&job, &mut checked).map(drop));
             let recovered = applied.and_then(|()| {
                 if ticks.is_multiple_of(RECOVERY_EVERY_TICKS) {
                     let ran = job.workflows.recover()?;
@@ -351,11 +359,11 @@ pub async fn run(task: DayTask, mut shutdown: tokio::sync::watch::Receiver<bool>
                 }
                 Ok(())
             });
-            recovered.map_err(|e| (e, metrics))
+            recovered.map(|()| checked).map_err(|e| (e, metrics))
         })
         .await;
         match outcome {
-            Ok(Ok(())) => {}
+            Ok(Ok(checked)) => term_ends_checked = checked,
             Ok(Err((error, metrics))) => {
                 metrics.failures.inc();
                 tracing::error!(

@@ -206,51 +206,50 @@ fn table(settlement: &Settlement, kind: FileKind) -> Table {
     Table { sheet, header, rows }
 }
 
-/// The trailer's figures for a table: the sums of its gross, commission and net
-/// payable columns (commission and net payable only in the merchant file).
-fn trailer_sums(table: &Table) -> Vec<(&'static str, i64)> {
-    ["gross_yuan", "commission_yuan", "net_payable_yuan"]
-        .into_iter()
-        .filter_map(|name| {
-            let column = table.header.iter().position(|h| *h == name)?;
-            let sum = table
-                .rows
-                .iter()
-                .map(|row| match row.get(column) {
-                    Some(Cell::Fen(fen)) => *fen,
-                    _ => 0,
-                })
-                .sum();
-            Some((name, sum))
-        })
-        .collect()
+impl Table {
+    /// The sum of a money column, fen.
+    fn fen_total(&self, column: usize) -> i64 {
+        self.rows
+            .iter()
+            .map(|row| if let Some(Cell::Fen(fen)) = row.get(column) { *fen } else { 0 })
+            .sum()
+    }
+
+    /// The sum of a count column.
+    fn count_total(&self, column: usize) -> u64 {
+        self.rows
+            .iter()
+            .map(|row| if let Some(Cell::Count(count)) = row.get(column) { *count } else { 0 })
+            .sum()
+    }
+
+    /// The trailer's figures: the totals of its gross, commission and net payable
+    /// columns (commission and net payable only in the merchant file).
+    fn trailer_totals(&self) -> Vec<i64> {
+        ["gross_yuan", "commission_yuan", "net_payable_yuan"]
+            .into_iter()
+            .filter_map(|name| self.header.iter().position(|h| *h == name))
+            .map(|column| self.fen_total(column))
+            .collect()
+    }
 }
 
 fn render_csv(table: &Table) -> anyhow::Result<Vec<u8>> {
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .flexible(true)
-        .from_writer(Vec::new());
+        .from_writer(BOM.to_vec());
     writer.write_record(&table.header)?;
     for row in &table.rows {
         writer.write_record(row.iter().map(Cell::csv))?;
     }
-    let body = writer.into_inner().context("finishing the CSV body")?;
-    let digest = hex::encode(Sha256::digest(&body));
+    writer.flush().context("finishing the CSV body")?;
+    let digest = hex::encode(Sha256::digest(&writer.get_ref()[BOM.len()..]));
     let mut trailer = vec![TRAILER_TAG.to_owned(), table.rows.len().to_string()];
-    trailer.extend(trailer_sums(table).into_iter().map(|(_, fen)| yuan(fen)));
+    trailer.extend(table.trailer_totals().into_iter().map(yuan));
     trailer.push(digest);
-    let mut writer = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .flexible(true)
-        .from_writer(Vec::new());
     writer.write_record(&trailer)?;
-    let trailer = writer.into_inner().context("finishing the CSV trailer")?;
-    let mut out = Vec::with_capacity(BOM.len() + body.len() + trailer.len());
-    out.extend_from_slice(BOM);
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&trailer);
-    Ok(out)
+    writer.into_inner().context("finishing the CSV trailer")
 }
 
 fn column_letter(index: usize) -> String {
@@ -297,19 +296,9 @@ fn fill_sheet(sheet: &mut Worksheet, table: &Table) -> anyhow::Result<()> {
         let letter = column_letter(usize::from(column));
         let index = usize::from(column);
         let (text, is_money) = if name.ends_with("_yuan") {
-            let fen: i64 = table
-                .rows
-                .iter()
-                .map(|row| if let Some(Cell::Fen(fen)) = row.get(index) { *fen } else { 0 })
-                .sum();
-            (Decimal::new(fen, 2).to_string(), true)
+            (Decimal::new(table.fen_total(index), 2).to_string(), true)
         } else {
-            let count: u64 = table
-                .rows
-                .iter()
-                .map(|row| if let Some(Cell::Count(count)) = row.get(index) { *count } else { 0 })
-                .sum();
-            (count.to_string(), false)
+            (table.count_total(index).to_string(), false)
         };
         // An empty sheet's SUM would reach up into its own row: write 0 instead.
         let formula = if table.rows.is_empty() {

@@ -18,10 +18,21 @@ use std::time::{Duration, Instant};
 /// and benchmarks send.
 #[must_use]
 pub const fn purchase(card_number: u64, amount_fen: u32) -> onecard_protocol::Request {
+    purchase_at(card_number, amount_fen, onecard_protocol::MealPeriod::Lunch)
+}
+
+/// A purchase of `amount_fen` without a PIN, for meal period `meal`
+/// (`Unspecified`: the server places it by the time).
+#[must_use]
+pub const fn purchase_at(
+    card_number: u64,
+    amount_fen: u32,
+    meal_period: onecard_protocol::MealPeriod,
+) -> onecard_protocol::Request {
     onecard_protocol::Request::Purchase(onecard_protocol::message::Purchase {
         card_number,
         amount_fen,
-        meal_period: onecard_protocol::MealPeriod::Lunch,
+        meal_period,
         item_code: 0,
         pin_block: None,
     })

@@ -8,7 +8,6 @@ use onecard_engine::cards::CardType;
 use onecard_engine::date::Clock;
 use onecard_engine::settlement::MealHours;
 use onecard_engine::{BusinessDate, ControlError};
-use onecard_protocol::message::Purchase;
 use onecard_protocol::{AnswerCode, MealPeriod, Request};
 
 use crate::support::{Campus, config, refund, reversal, transfer};
@@ -33,13 +32,7 @@ fn campus_at(name: &str, at_ms: u64) -> (Campus, Clock) {
 
 /// A purchase that leaves the meal to the server, which places it by the time.
 fn purchase_any_meal(card_number: u64, amount_fen: u32) -> Request {
-    Request::Purchase(Purchase {
-        card_number,
-        amount_fen,
-        meal_period: MealPeriod::Unspecified,
-        item_code: 0,
-        pin_block: None,
-    })
+    onecard_tests::purchase_at(card_number, amount_fen, MealPeriod::Unspecified)
 }
 
 #[test]

@@ -64,41 +64,10 @@ pub struct AdjustmentRecord {
     transfer_id: Option<u64>,
 }
 
-/// A proposal as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct AdjustmentJson {
-    id: u64,
-    state: AdjustmentState,
-    debit: String,
-    credit: String,
-    amount_yuan: String,
-    reason: String,
-    reference: String,
-    maker: String,
-    made_at_ms: u64,
-    checker: Option<String>,
-    decided_at_ms: Option<u64>,
-    /// A string: ids pass 2^53.
-    transfer_id: Option<String>,
-}
-
-impl From<AdjustmentRecord> for AdjustmentJson {
-    fn from(r: AdjustmentRecord) -> Self {
-        Self {
-            id: r.id,
-            state: r.state,
-            debit: r.debit,
-            credit: r.credit,
-            amount_yuan: yuan(r.amount_fen),
-            reason: r.reason,
-            reference: r.reference,
-            maker: r.maker,
-            made_at_ms: r.made_at_ms,
-            checker: r.checker,
-            decided_at_ms: r.decided_at_ms,
-            transfer_id: r.transfer_id.map(|id| id.to_string()),
-        }
-    }
+/// A proposal as the API shows it: the record with its amount in yuan and its
+/// transfer id as a string ([`super::fen_as_yuan`]).
+fn shown(record: &AdjustmentRecord) -> serde_json::Value {
+    super::fen_as_yuan(serde_json::to_value(record).expect("a record always serialises"))
 }
 
 fn key(id: u64) -> Vec<u8> {
@@ -155,7 +124,7 @@ pub async fn propose(
     State(state): State<AppState>,
     caller: Caller,
     Body(request): Body<ProposeRequest>,
-) -> ApiResult<AdjustmentJson> {
+) -> ApiResult<serde_json::Value> {
     caller.require(&state, Permission::DayWrite)?;
     let account = |text: &str| {
         parse_account(text).map_err(|_| {
@@ -188,11 +157,7 @@ pub async fn propose(
         ));
     }
     let _writing = WRITE.lock().unwrap_or_else(PoisonError::into_inner);
-    let db = state.ledger.store().db();
-    let next = db
-        .get_cf(state.ledger.store().cf(CF_ADMIN), KEY_NEXT)?
-        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-        .map_or(1, u64::from_be_bytes);
+    let next = state.ledger.store().counter(CF_ADMIN, KEY_NEXT)?;
     let record = AdjustmentRecord {
         id: next,
         state: AdjustmentState::Pending,
@@ -212,7 +177,7 @@ pub async fn propose(
     caller.audited(&state, "adjustment.propose", &format!("adjustment:{next}"), &detail, || {
         store(&state, &record, Some(next + 1))
     })?;
-    Ok(Json(record.into()))
+    Ok(Json(shown(&record)))
 }
 
 /// Approves (posts) or rejects a pending adjustment; the checker must not be its maker.
@@ -221,7 +186,7 @@ pub async fn decide(
     caller: Caller,
     Params((id, action)): Params<(u64, String)>,
     RawBody(_): RawBody,
-) -> ApiResult<AdjustmentJson> {
+) -> ApiResult<serde_json::Value> {
     caller.require(&state, Permission::DayWrite)?;
     let approve = match action.as_str() {
         "approve" => true,
@@ -233,7 +198,7 @@ pub async fn decide(
     let checker = caller.operator.clone();
     let shared = state.clone();
     // Synced writes under a lock: on the blocking pool, not a request thread.
-    let outcome = tokio::task::spawn_blocking(move || {
+    let outcome = super::blocking(move || {
         let state = shared;
         let _writing = WRITE.lock().unwrap_or_else(PoisonError::into_inner);
         (|| {
@@ -270,13 +235,10 @@ pub async fn decide(
             Ok(record)
         })()
     })
-    .await
-    .map_err(|error| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-    })?;
+    .await?;
     let record =
         caller.audited(&state, &format!("adjustment.{action}"), &target, "", || outcome)?;
-    Ok(Json(record.into()))
+    Ok(Json(shown(&record)))
 }
 
 /// One adjustment.
@@ -284,13 +246,16 @@ pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Params(id): Params<u64>,
-) -> ApiResult<AdjustmentJson> {
+) -> ApiResult<serde_json::Value> {
     caller.require(&state, Permission::LedgerRead)?;
-    Ok(Json(load(&state, id)?.into()))
+    Ok(Json(shown(&load(&state, id)?)))
 }
 
 /// Every adjustment, oldest first (at most 1,000).
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Vec<AdjustmentJson>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Vec<serde_json::Value>> {
     caller.require(&state, Permission::LedgerRead)?;
     let store = state.ledger.store();
     let mut out = Vec::new();
@@ -301,7 +266,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Ve
             break;
         }
         if let Ok(record) = serde_json::from_slice::<AdjustmentRecord>(&value) {
-            out.push(record.into());
+            out.push(shown(&record));
         }
     }
     Ok(Json(out))

@@ -476,5 +476,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 
 pub use onecard_engine::metrics::snake_case as snake;
 
+/// Runs `work` on tokio's blocking pool (synced writes, whole-journal reads) and waits
+/// for it; a task that panicked is a 500.
+///
+/// # Errors
+/// 500 `internal` if the task did not finish.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+    })
+}
+
 /// A handler's successful answer: JSON with 200.
 pub type ApiResult<T> = Result<Json<T>, ApiError>;

@@ -68,6 +68,14 @@ impl<'de> Deserialize<'de> for Date {
     }
 }
 
+/// Parses `YYYY-MM-DD` into a business date.
+///
+/// # Errors
+/// A message if it is not a calendar date in that form.
+pub fn parse_business_date(text: &str) -> Result<BusinessDate, String> {
+    parse_date(text).map(|date| BusinessDate::from_yyyymmdd(date).expect("parse_date checks"))
+}
+
 /// Parses `YYYY-MM-DD` into `yyyymmdd`.
 ///
 /// # Errors

@@ -52,10 +52,7 @@ pub async fn internal(
     caller.require(&state, Permission::LedgerRead)?;
     let date = date_of(&date)?;
     let ledger = std::sync::Arc::clone(&state.ledger);
-    let reconciliation =
-        tokio::task::spawn_blocking(move || ledger.reconcile(date)).await.map_err(|error| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-        })??;
+    let reconciliation = super::blocking(move || ledger.reconcile(date)).await??;
     let value = serde_json::to_value(&reconciliation).map_err(|error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
     })?;
@@ -138,7 +135,7 @@ pub async fn import_statement(
     let detail = format!("{received} bytes, adapter {}", adapter.name);
     // The statement is kept beside its report only once it has reconciled, so a
     // refused upload never replaces the statement a stored report came from.
-    let outcome = tokio::task::spawn_blocking(move || {
+    let outcome = super::blocking(move || {
         let outcome =
             channels::reconcile_statement(&ledger, date, channel, &adapter, &partial, &dir);
         match &outcome {
@@ -149,8 +146,7 @@ pub async fn import_statement(
             }
         }
     })
-    .await
-    .map_err(|e| internal_error(&e))?;
+    .await?;
     let (_, json) = caller.audited(&state, "reconcile.channel", &target, &detail, || {
         outcome.map_err(|error| match error.downcast::<ControlError>() {
             Ok(control) => ApiError::from(control),

@@ -13,19 +13,14 @@ use onecard_engine::settlement::{MerchantSettlement, Sales, Settled, Settlement,
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Caller, Permission};
-use super::money::{Date, parse_date, yuan};
+use super::money::{Date, parse_business_date, yuan};
 use super::{ApiError, ApiResult, AppState, Body, Params, QueryParams, RawBody};
 use crate::settlement_files::{self, FileKind};
 
 /// A date in a path, `YYYY-MM-DD`; 400 `bad_path` otherwise.
 pub fn date_of(text: &str) -> Result<BusinessDate, ApiError> {
-    parse_date(text).ok().and_then(BusinessDate::from_yyyymmdd).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_path",
-            format!("{text:?} is not a date as YYYY-MM-DD"),
-        )
-    })
+    parse_business_date(text)
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", message))
 }
 
 fn date_from(date: Date) -> Result<BusinessDate, ApiError> {
@@ -59,10 +54,7 @@ pub async fn cutover(
     caller.require(&state, Permission::DayWrite)?;
     let date = date_from(request.date)?;
     let ledger = std::sync::Arc::clone(&state.ledger);
-    let turned =
-        tokio::task::spawn_blocking(move || ledger.cutover(date)).await.map_err(|error| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-        })?;
+    let turned = super::blocking(move || ledger.cutover(date)).await?;
     let cutover = caller.audited(&state, "day.cutover", &date.to_string(), "", || turned)?;
     Ok(Json(CutoverJson {
         closed_through: cutover.closed_through.to_string(),
@@ -226,7 +218,7 @@ pub async fn settle(
     let date = date_of(&date)?;
     let ledger = std::sync::Arc::clone(&state.ledger);
     let dir = state.config.settlement_dir.clone();
-    let settled: Result<Settled, ApiError> = tokio::task::spawn_blocking(move || {
+    let settled: Result<Settled, ApiError> = super::blocking(move || {
         let settled = ledger.settle(date)?;
         settlement_files::write_all(&settled.settlement, &dir).map_err(|error| {
             ApiError::new(
@@ -237,10 +229,7 @@ pub async fn settle(
         })?;
         Ok(settled)
     })
-    .await
-    .map_err(|error| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-    })?;
+    .await?;
     let settled = caller.audited(&state, "settlement.settle", &date.to_string(), "", || settled)?;
     Ok(Json(settlement_json(&settled.settlement, Some(settled.posted))))
 }

@@ -71,12 +71,7 @@ pub async fn submit(
 ) -> ApiResult<Instance> {
     let workflows = state.workflows.clone();
     let (who, workflow) = (actor(&caller), name.clone());
-    let outcome =
-        tokio::task::spawn_blocking(move || workflows.submit(&who, &workflow, request.form))
-            .await
-            .map_err(|error| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-            })?;
+    let outcome = super::blocking(move || workflows.submit(&who, &workflow, request.form)).await?;
     let instance =
         caller.audited(&state, "workflow.submit", &format!("workflow:{name}"), "", || outcome)?;
     Ok(Json(instance))
@@ -100,13 +95,9 @@ pub async fn resubmit(
 ) -> ApiResult<Instance> {
     let workflows = state.workflows.clone();
     let who = actor(&caller);
-    let outcome = tokio::task::spawn_blocking(move || {
-        workflows.resubmit(&who, id, request.form, &request.comment)
-    })
-    .await
-    .map_err(|error| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-    })?;
+    let outcome =
+        super::blocking(move || workflows.resubmit(&who, id, request.form, &request.comment))
+            .await?;
     let instance =
         caller
             .audited(&state, "workflow.resubmit", &format!("application:{id}"), "", || outcome)?;
@@ -182,14 +173,9 @@ pub async fn submit_csv(
     let workflows = state.workflows.clone();
     let who = actor(&caller);
     let outcome = match form {
-        Ok(form) => {
-            tokio::task::spawn_blocking(move || workflows.submit(&who, "subsidy_batch", form))
-                .await
-                .map_err(|error| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-                })?
-                .map_err(ApiError::from)
-        }
+        Ok(form) => super::blocking(move || workflows.submit(&who, "subsidy_batch", form))
+            .await?
+            .map_err(ApiError::from),
         Err(error) => Err(error),
     };
     let detail = format!("{} bytes of CSV", body.len());
@@ -252,13 +238,10 @@ pub async fn act(
     });
     let workflows = state.workflows.clone();
     let who = actor(&caller);
-    let outcome = tokio::task::spawn_blocking(move || {
+    let outcome = super::blocking(move || {
         workflows.act(&who, id, parsed, &request.comment, hand_to.as_ref(), request.rating)
     })
-    .await
-    .map_err(|error| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
-    })?;
+    .await?;
     let detail = format!("{action}{seen}");
     let instance =
         caller
