@@ -2,6 +2,7 @@
 
 mod abuse;
 mod api;
+mod crash;
 mod demo;
 mod front_door;
 mod loadtest;
