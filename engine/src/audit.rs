@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rocksdb::{Direction, IteratorMode};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{CF_AUDIT, Store, synced};
+use crate::journal::CONTROL_JOURNAL;
+use crate::storage::StorageError;
+use crate::store::{CF_AUDIT, Store};
 
 /// Records one audit page returns at most.
 pub const AUDIT_PAGE_MAX: usize = 500;
@@ -118,7 +120,7 @@ impl AuditLog {
         &self,
         store: &Store,
         entry: &AuditEntry<'_>,
-    ) -> Result<AuditRecord, rocksdb::Error> {
+    ) -> Result<AuditRecord, StorageError> {
         let record = AuditRecord {
             sequence: self.next_sequence.fetch_add(1, Ordering::AcqRel),
             at_ms: crate::date::now_ms(),
@@ -134,11 +136,13 @@ impl AuditLog {
         // record goes to the write-ahead log unsynced and rides the next sync (every
         // shard batch syncs the shared log): a flood of refused requests then cannot
         // turn into a flood of fsyncs competing with the lunch peak.
-        let options = match record.outcome {
-            Outcome::Refused => rocksdb::WriteOptions::default(),
-            Outcome::Ok | Outcome::Failed => synced(),
+        let sync = match record.outcome {
+            Outcome::Refused => false,
+            Outcome::Ok | Outcome::Failed => true,
         };
-        store.db().put_cf_opt(store.cf(CF_AUDIT), key(record.sequence), value, &options)?;
+        let mut write = rocksdb::WriteBatch::default();
+        write.put_cf(store.cf(CF_AUDIT), key(record.sequence), value);
+        store.write(CONTROL_JOURNAL, write, sync)?;
         Ok(record)
     }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -50,9 +50,10 @@ use crate::shard::{
     Command, RecoveredShard, ShardStats, ShardWriter, Submission, TerminalState, rebuild_window,
     refusal,
 };
+use crate::storage::{FaultPlan, StorageError};
 use crate::store::{
     CF_BALANCES, CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, KEY_CLOSED_THROUGH, OpenError,
-    Store, control_key, journal_cf, prefixed_key, shard_key, synced,
+    Store, control_key, journal_cf, prefixed_key, shard_key,
 };
 
 /// How a ledger runs.
@@ -110,6 +111,9 @@ pub enum LedgerError {
     /// RocksDB failed while reading the ledger back.
     #[error("storage: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// A write at open (the dates it closes) failed.
+    #[error("write failed: {0}")]
+    Write(#[from] StorageError),
     /// A stored record is not what this build writes.
     #[error("corrupt {what}: {detail}")]
     Corrupt {
@@ -195,9 +199,10 @@ pub enum ControlError {
     /// The store failed; nothing was changed.
     #[error("storage: {0}")]
     Storage(#[from] rocksdb::Error),
-    /// A test asked this write to fail, as a failed disk write would.
-    #[error("write failed (injected fault)")]
-    FaultInjected,
+    /// A durable write failed (or an earlier one did, and the control plane takes no
+    /// writes until restart); nothing was changed in memory.
+    #[error("write failed: {0}")]
+    Write(#[from] StorageError),
     /// A batch has more rows than one control batch may carry.
     #[error("{rows} rows; a batch takes at most {max}")]
     BatchTooLarge {
@@ -344,7 +349,6 @@ pub(crate) struct Shared {
     pub settled: Mutex<std::collections::BTreeSet<BusinessDate>>,
     blacklist_version: AtomicU64,
     control: Mutex<ControlState>,
-    fail_writes: Vec<AtomicBool>,
 }
 
 impl Shared {
@@ -369,13 +373,13 @@ impl Shared {
     /// Stores `open` as the open business date and the day before it as closed, in
     /// one synced write, and sets both in memory. Callers make sure no commit can
     /// still count for the closed days.
-    fn persist_dates(&self, open: BusinessDate) -> Result<(), rocksdb::Error> {
+    fn persist_dates(&self, open: BusinessDate) -> Result<(), StorageError> {
         let closed = open.previous();
         let meta = self.store.cf(CF_META);
         let mut write = WriteBatch::default();
         write.put_cf(meta, KEY_BUSINESS_DATE, open.to_yyyymmdd().to_be_bytes());
         write.put_cf(meta, KEY_CLOSED_THROUGH, closed.to_yyyymmdd().to_be_bytes());
-        self.store.db().write_opt(write, &synced())?;
+        self.store.write_synced(CONTROL_JOURNAL, write)?;
         self.business_date.store(open.to_yyyymmdd(), Ordering::Release);
         self.closed_through.store(closed.to_yyyymmdd(), Ordering::Release);
         Ok(())
@@ -385,21 +389,6 @@ impl Shared {
     pub fn closed_through(&self) -> BusinessDate {
         BusinessDate::from_yyyymmdd(self.closed_through.load(Ordering::Acquire))
             .expect("the ledger holds a valid date")
-    }
-
-    /// The fault flag of `journal`: one per shard, then the control journal's.
-    fn fault_flag(&self, journal: u8) -> Option<&AtomicBool> {
-        let index = if journal == CONTROL_JOURNAL {
-            self.fail_writes.len() - 1
-        } else {
-            usize::from(journal)
-        };
-        self.fail_writes.get(index)
-    }
-
-    /// Whether a test asked the next write of `journal` to fail (and clears the ask).
-    pub fn fail_next_write(&self, journal: u8) -> bool {
-        self.fault_flag(journal).is_some_and(|flag| flag.swap(false, Ordering::AcqRel))
     }
 
     /// Transfer `id` of `journal`, and the one after it if that continues it.
@@ -503,7 +492,6 @@ impl Ledger {
             settled: Mutex::new(settled),
             blacklist_version: AtomicU64::new(blacklist_version),
             control: Mutex::new(control),
-            fail_writes: (0..=usize::from(shards)).map(|_| AtomicBool::new(false)).collect(),
         });
         let mut queues = Vec::new();
         let mut threads = Vec::new();
@@ -782,12 +770,9 @@ impl Ledger {
     fn turn(&self, open: BusinessDate) -> Result<Cutover, ControlError> {
         let shared = &self.shared;
         let meta = shared.store.cf(CF_META);
-        shared.store.db().put_cf_opt(
-            meta,
-            KEY_BUSINESS_DATE,
-            open.to_yyyymmdd().to_be_bytes(),
-            &synced(),
-        )?;
+        let mut write = WriteBatch::default();
+        write.put_cf(meta, KEY_BUSINESS_DATE, open.to_yyyymmdd().to_be_bytes());
+        shared.store.write_synced(CONTROL_JOURNAL, write)?;
         shared.business_date.store(open.to_yyyymmdd(), Ordering::Release);
         for stats in &self.stats {
             drop(stats.batch_gate.lock().unwrap_or_else(PoisonError::into_inner));
@@ -819,12 +804,17 @@ impl Ledger {
         &self.shared.store
     }
 
-    /// Asks the next commit of `journal` (a shard, or [`CONTROL_JOURNAL`]) to fail as
-    /// a failed disk write would, so tests can watch the shard poison itself.
-    pub fn inject_write_failure(&self, journal: u8) {
-        if let Some(flag) = self.shared.fault_flag(journal) {
-            flag.store(true, Ordering::Release);
-        }
+    /// Arms a storage fault (`storage.rs`): the write it picks fails as a disk's
+    /// would, so tests can watch the journal poison itself and the restart recover.
+    pub fn inject_fault(&self, plan: FaultPlan) {
+        self.shared.store.arm_fault(plan);
+    }
+
+    /// Whether a failed write has poisoned the control plane (it refuses control
+    /// writes until restart; the shards go on).
+    #[must_use]
+    pub fn control_poisoned(&self) -> bool {
+        self.shared.store.is_poisoned(CONTROL_JOURNAL)
     }
 
     /// Each shard's health.
@@ -836,7 +826,7 @@ impl Ledger {
             .zip(0u8..)
             .map(|((stats, queue), shard)| ShardHealth {
                 shard,
-                poisoned: stats.poisoned.load(Ordering::Acquire),
+                poisoned: self.shared.store.is_poisoned(shard),
                 queue_depth: queue.len(),
                 batches: stats.batches.load(Ordering::Relaxed),
                 requests: stats.requests.load(Ordering::Relaxed),
@@ -863,6 +853,10 @@ impl Ledger {
             metrics.shard_queue_depth.with_label_values(&[&shard]).set(depth);
             metrics.shard_poisoned.with_label_values(&[&shard]).set(i64::from(health.poisoned));
         }
+        metrics
+            .shard_poisoned
+            .with_label_values(&["control"])
+            .set(i64::from(self.control_poisoned()));
         match self.card_pool_fen() {
             Ok(total) => metrics.card_pool_fen.set(total),
             Err(error) => tracing::warn!(%error, "reading the card pool for metrics"),
@@ -902,7 +896,7 @@ impl Ledger {
     ///
     /// # Errors
     /// If the write fails.
-    pub fn audit(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord, rocksdb::Error> {
+    pub fn audit(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord, StorageError> {
         self.shared.audit.append(&self.shared.store, entry)
     }
 
@@ -1007,7 +1001,7 @@ impl Ledger {
             prefixed_key(control_key::MERCHANT, &id.to_be_bytes()),
             json(&record),
         );
-        self.shared.store.db().write_opt(write, &synced())?;
+        self.shared.store.write_synced(CONTROL_JOURNAL, write)?;
         control.next_merchant += 1;
         self.shared.directory.insert_merchant(record.clone());
         Ok(record)
@@ -1094,16 +1088,10 @@ impl Ledger {
     }
 
     fn write_terminal_record(&self, record: &TerminalRecord) -> Result<(), ControlError> {
-        if self.shared.fail_next_write(CONTROL_JOURNAL) {
-            return Err(ControlError::FaultInjected);
-        }
         let key = prefixed_key(control_key::TERMINAL, &record.id.to_be_bytes());
-        self.shared.store.db().put_cf_opt(
-            self.shared.store.cf(CF_CONTROL),
-            key,
-            json(record),
-            &synced(),
-        )?;
+        let mut write = WriteBatch::default();
+        write.put_cf(self.shared.store.cf(CF_CONTROL), key, json(record));
+        self.shared.store.write_synced(CONTROL_JOURNAL, write)?;
         Ok(())
     }
 
@@ -1187,15 +1175,13 @@ impl Ledger {
                 .ok_or(ControlError::UnknownMerchant(merchant_id))?,
         );
         change(&mut record);
-        if self.shared.fail_next_write(CONTROL_JOURNAL) {
-            return Err(ControlError::FaultInjected);
-        }
-        self.shared.store.db().put_cf_opt(
+        let mut write = WriteBatch::default();
+        write.put_cf(
             self.shared.store.cf(CF_CONTROL),
             prefixed_key(control_key::MERCHANT, &merchant_id.to_be_bytes()),
             json(&record),
-            &synced(),
-        )?;
+        );
+        self.shared.store.write_synced(CONTROL_JOURNAL, write)?;
         self.shared.directory.insert_merchant(record.clone());
         Ok(record)
     }
@@ -1838,11 +1824,8 @@ impl Ledger {
         let store = &self.shared.store;
         let mut write = WriteBatch::default();
         records(&mut write, store.cf(CF_CONTROL));
-        if self.shared.fail_next_write(CONTROL_JOURNAL) {
-            return Err(ControlError::FaultInjected);
-        }
         if transfers.is_empty() {
-            store.db().write_opt(write, &synced())?;
+            store.write_synced(CONTROL_JOURNAL, write)?;
             return Ok(());
         }
         let now = self.shared.config.clock.now_ms();
@@ -1887,7 +1870,7 @@ impl Ledger {
             let day = prefixed_key(shard_key::DAY_START, &date.to_yyyymmdd().to_be_bytes());
             write.put_cf(journal, day, key);
         }
-        store.db().write_opt(write, &synced())?;
+        store.write_synced(CONTROL_JOURNAL, write)?;
         control.next_transfer_id = batch.next_transfer_id();
         control.next_batch += 1;
         control.last_date = date.to_yyyymmdd();

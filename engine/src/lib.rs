@@ -22,6 +22,7 @@
 //! - [`verify`] — proving the invariants from disk.
 //! - [`workflow`] — approval workflows and their exactly-once ledger effects.
 //! - [`metrics`] — the Prometheus metrics the engine keeps.
+//! - [`storage`] — the door every write goes through, and the faults tests put in it.
 //! - [`store`] — the RocksDB store: column families, key layout, merge operator.
 //! - [`frontdoor`] — the TCP listener and per-connection tasks terminals talk to.
 
@@ -41,6 +42,7 @@ pub mod reconcile;
 pub mod settlement;
 pub mod shard;
 pub mod statement;
+pub mod storage;
 pub mod store;
 pub mod terminal_state;
 pub mod verify;

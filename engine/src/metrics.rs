@@ -260,7 +260,8 @@ impl Metrics {
         );
         let shard_poisoned = gauge_vec(
             "onecard_shard_poisoned",
-            "1 when a shard refuses work after a failed write; it needs a restart.",
+            "1 when a shard (or the control plane, shard=\"control\") refuses work after \
+             a failed write; it needs a restart.",
             &["shard"],
         );
         for shard in 0..shards {
@@ -268,6 +269,7 @@ impl Metrics {
             shard_queue_depth.with_label_values(&[&label]).set(0);
             shard_poisoned.with_label_values(&[&label]).set(0);
         }
+        shard_poisoned.with_label_values(&["control"]).set(0);
         let closed_vec = counter_vec(
             "onecard_terminal_connections_closed_total",
             "Terminal connections closed, by reason.",

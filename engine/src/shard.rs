@@ -17,7 +17,7 @@
 //!    every request in the batch `ServiceUnavailable`: nothing was approved.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -46,7 +46,8 @@ use crate::limits::{
     BATCH_REQUESTS_MAX, PIN_FAILURES_MAX, RECENT_BATCHES_MAX, RETRY_WINDOW_REQUESTS,
 };
 use crate::postings::Postings;
-use crate::store::{journal_cf, prefixed_key, shard_key, synced};
+use crate::storage::StorageError;
+use crate::store::{journal_cf, prefixed_key, shard_key};
 pub(crate) use crate::terminal_state::TerminalState;
 
 /// A terminal request as the front door hands it to the ledger.
@@ -81,22 +82,9 @@ pub struct ShardStats {
     pub transfers: AtomicU64,
     /// Time spent in RocksDB writes, µs.
     pub commit_us_total: AtomicU64,
-    /// Set when a write failed; the shard refuses work until the store is reopened.
-    pub poisoned: AtomicBool,
     /// Held by the writer while it decides and writes a batch; the day cutover takes
     /// it once to know that no batch stamped with the old date is still in flight.
     pub batch_gate: Mutex<()>,
-}
-
-/// Why a batch did not become durable.
-#[derive(Debug, thiserror::Error)]
-enum WriteFailure {
-    /// RocksDB refused the write or the sync.
-    #[error("storage: {0}")]
-    Rocks(#[from] rocksdb::Error),
-    /// A test asked this write to fail.
-    #[error("injected write failure")]
-    Injected,
 }
 
 /// The key of a top-up's channel reference: `0xF5` ++ business date (4, BE) ++
@@ -498,7 +486,7 @@ impl ShardWriter {
 
     fn batch(&mut self, commands: &mut Vec<Command>) {
         let requests = commands.len() as u64;
-        if self.stats.poisoned.load(Ordering::Acquire) {
+        if self.shared.store.is_poisoned(self.id) {
             for command in commands.drain(..) {
                 let answer = refusal(&command.submission.request, AnswerCode::ServiceUnavailable);
                 let _ = command.reply.send(answer);
@@ -564,7 +552,6 @@ impl ShardWriter {
             }
             Err(error) => {
                 tracing::error!(shard = self.id, %error, "commit failed; the shard is poisoned");
-                self.stats.poisoned.store(true, Ordering::Release);
                 for movement in &work.taken {
                     let mut state = movement.account.lock();
                     state.balance_fen += movement.main_fen;
@@ -578,10 +565,7 @@ impl ShardWriter {
         }
     }
 
-    fn commit(&self, work: &Work) -> Result<(), WriteFailure> {
-        if self.shared.fail_next_write(self.id) {
-            return Err(WriteFailure::Injected);
-        }
+    fn commit(&self, work: &Work) -> Result<(), StorageError> {
         let started = Instant::now();
         let store = &self.shared.store;
         let journal = store.cf(&self.journal);
@@ -620,9 +604,7 @@ impl ShardWriter {
                 write.merge_cf(journal, key, window.operand(work.key).encode());
             }
         }
-        let options =
-            if self.shared.config.sync { synced() } else { rocksdb::WriteOptions::default() };
-        store.db().write_opt(write, &options)?;
+        store.write(self.id, write, self.shared.config.sync)?;
         let elapsed = started.elapsed();
         self.shared.metrics.commit_seconds.observe(elapsed.as_secs_f64());
         let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);

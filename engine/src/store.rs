@@ -18,14 +18,17 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, MergeOperands, Options,
-    WriteBufferManager,
+    WriteBatch, WriteBufferManager,
 };
 
 use crate::cards::CardMoney;
 use crate::journal::CONTROL_JOURNAL;
 use crate::limits::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES_MAX, SHARDS_MAX};
+use crate::storage::{FaultInjecting, FaultPlan, Rocks, Storage, StorageError};
 
 /// The store layout this build reads and writes.
 pub const FORMAT_VERSION: u32 = 4;
@@ -170,6 +173,11 @@ pub struct Store {
     path: PathBuf,
     shards: u8,
     families: Vec<String>,
+    /// The door every durable write after opening goes through.
+    door: FaultInjecting<Rocks>,
+    /// Per journal: a write failed, so it takes none until restart. Shards by number,
+    /// then the control journal.
+    poisoned: Vec<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -264,7 +272,14 @@ impl Store {
         let families =
             names.iter().map(|name| ColumnFamilyDescriptor::new(name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(rocks)?;
-        let store = Self { db, path: path.to_owned(), shards, families: names };
+        let store = Self {
+            db,
+            path: path.to_owned(),
+            shards,
+            families: names,
+            door: FaultInjecting::new(Rocks),
+            poisoned: (0..=shards).map(|_| AtomicBool::new(false)).collect(),
+        };
         let meta = store.cf(CF_META);
         match store.db.get_cf(meta, KEY_FORMAT_VERSION).map_err(rocks)? {
             None => {
@@ -366,10 +381,65 @@ impl Store {
         &self.families
     }
 
-    /// The underlying database.
+    /// The underlying database, for reads. Writes go through [`Store::write`].
     #[must_use]
     pub const fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// Writes `batch` for `journal` (a shard, or [`CONTROL_JOURNAL`] for everything
+    /// else), synced to disk when `sync` is set. A failed write poisons the journal:
+    /// it refuses every later write until restart (`storage.rs`).
+    ///
+    /// # Errors
+    /// [`StorageError`] if the batch may not be durable.
+    pub fn write(&self, journal: u8, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        let poisoned = self.poison_flag(journal);
+        if poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
+        let written = self.door.write(&self.db, journal, batch, sync);
+        if let Err(error) = &written {
+            poisoned.store(true, Ordering::Release);
+            let journal = journal_label(journal);
+            tracing::error!(journal, %error, "write failed; the journal takes no more writes");
+        }
+        written
+    }
+
+    /// [`Store::write`], synced.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    pub fn write_synced(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError> {
+        self.write(journal, batch, true)
+    }
+
+    /// Whether a failed write has poisoned `journal`.
+    #[must_use]
+    pub fn is_poisoned(&self, journal: u8) -> bool {
+        self.poison_flag(journal).load(Ordering::Acquire)
+    }
+
+    /// Arms a storage fault (tests, and `serve` under `ONECARD_STORAGE_FAULT`).
+    pub fn arm_fault(&self, plan: FaultPlan) {
+        tracing::warn!(?plan, "storage fault armed");
+        self.door.arm(plan);
+    }
+
+    /// Storage faults injected so far.
+    #[must_use]
+    pub fn faults_injected(&self) -> u64 {
+        self.door.injected()
+    }
+
+    fn poison_flag(&self, journal: u8) -> &AtomicBool {
+        let index = if journal == CONTROL_JOURNAL {
+            usize::from(self.shards)
+        } else {
+            usize::from(journal)
+        };
+        &self.poisoned[index.min(usize::from(self.shards))]
     }
 
     /// The number a counter key in `family` holds (8 bytes, big-endian): the next id
@@ -393,6 +463,12 @@ impl Store {
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} is opened"))
     }
+}
+
+/// A journal as logs and metrics name it: its shard number, or `control`.
+#[must_use]
+pub fn journal_label(journal: u8) -> String {
+    if journal == CONTROL_JOURNAL { "control".to_owned() } else { journal.to_string() }
 }
 
 /// Write options that sync the WAL before returning.

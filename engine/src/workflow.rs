@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::account::AccountId;
 use crate::adjustment::AdjustmentOrder;
 use crate::date::now_ms;
+use crate::journal::CONTROL_JOURNAL;
 use crate::ledger::{ControlError, Ledger};
-use crate::store::{CF_WORKFLOW, synced};
+use crate::store::CF_WORKFLOW;
 
 /// Instances listed at most by one query.
 pub const INSTANCES_LISTED_MAX: usize = 1_000;
@@ -287,9 +288,7 @@ impl RowOutcome {
     ) -> Result<Self, WorkflowError> {
         match result {
             Ok(_) => Ok(Self::new(card_number, done, true)),
-            Err(error @ (ControlError::Storage(_) | ControlError::FaultInjected)) => {
-                Err(error.into())
-            }
+            Err(error @ (ControlError::Storage(_) | ControlError::Write(_))) => Err(error.into()),
             Err(refused) => Ok(Self::new(card_number, refused.to_string(), false)),
         }
     }
@@ -754,7 +753,7 @@ impl Workflows {
         if let Some(next) = next {
             write.put_cf(cf, KEY_NEXT, next.to_be_bytes());
         }
-        store.db().write_opt(write, &synced())?;
+        store.write_synced(CONTROL_JOURNAL, write).map_err(ControlError::Write)?;
         Ok(())
     }
 
@@ -1106,7 +1105,7 @@ impl Workflows {
             Ok(transfer_id) => EffectState::Done { transfer_id, rows, note },
             // A storage failure leaves the effect pending: recovery runs it again.
             Err(ControlError::Storage(error)) => return Err(WorkflowError::Storage(error)),
-            Err(ControlError::FaultInjected) => return Err(ControlError::FaultInjected.into()),
+            Err(error @ ControlError::Write(_)) => return Err(error.into()),
             Err(refused) => EffectState::Refused { reason: refused.to_string() },
         });
         self.put(&instance, None)?;

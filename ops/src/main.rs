@@ -322,6 +322,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!("the store already holds a campus; serving it as it is");
         }
     }
+    // A test hook: fail one write the way a disk would (engine/src/storage.rs).
+    if let Some(plan) = std::env::var_os("ONECARD_STORAGE_FAULT") {
+        let plan = plan.to_string_lossy().parse().context("ONECARD_STORAGE_FAULT")?;
+        ledger.inject_fault(plan);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("onecard-io")

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use onecard_engine::Ledger;
-use onecard_engine::store::{CF_ADMIN, synced};
+use onecard_engine::journal::CONTROL_JOURNAL;
+use onecard_engine::storage::StorageError;
+use onecard_engine::store::CF_ADMIN;
 use rocksdb::{Direction, IteratorMode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -141,6 +143,9 @@ pub enum OperatorError {
     /// The store failed.
     #[error("storage: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// A durable write failed.
+    #[error("write failed: {0}")]
+    Write(#[from] StorageError),
     /// Hashing failed (no randomness for a salt).
     #[error("password hashing failed")]
     Hashing,
@@ -240,7 +245,9 @@ impl Operators {
     pub fn put(&self, record: &OperatorRecord) -> Result<(), OperatorError> {
         let store = self.ledger.store();
         let value = serde_json::to_vec(record).expect("an operator record always serialises");
-        store.db().put_cf_opt(store.cf(CF_ADMIN), key(&record.name), value, &synced())?;
+        let mut write = rocksdb::WriteBatch::default();
+        write.put_cf(store.cf(CF_ADMIN), key(&record.name), value);
+        store.write_synced(CONTROL_JOURNAL, write)?;
         Ok(())
     }
 

@@ -3,7 +3,6 @@
 
 use onecard_engine::account::{AccountId, AccountKind};
 use onecard_engine::cards::{CardType, LimitOverrides, Purse};
-use onecard_engine::journal::CONTROL_JOURNAL;
 use onecard_engine::{BusinessDate, ControlError};
 use onecard_protocol::message::{OfflineRecord, OfflineUpload, TransferAnswer};
 use onecard_protocol::pin::PIN_KEY_LABEL;
@@ -580,32 +579,6 @@ fn offline_records_post_quarantine_or_refuse_each_one_and_never_twice() {
     let Answer::OfflineUpload(retry) = retry else { panic!("{retry:?}") };
     assert!(retry.duplicate);
     assert_eq!(retry.results, upload.results);
-    campus.assert_verified();
-}
-
-#[test]
-fn a_failed_write_poisons_the_shard_approves_nothing_and_reopen_comes_back_clean() {
-    let mut campus = Campus::new("poison");
-    campus.open_card(1001, CardType::Student);
-    campus.top_up(1001, 10_00);
-    let canteen = campus.terminals.canteen_a;
-    let shard = campus.ledger().terminal(canteen).expect("t").shard;
-    campus.ledger().inject_write_failure(shard);
-    assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::ServiceUnavailable);
-    assert_eq!(campus.balance(1001), 10_00, "the debit was given back");
-    assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::ServiceUnavailable);
-    let health = campus.ledger().health();
-    assert!(health.iter().any(|h| h.shard == shard && h.poisoned));
-    assert!(health.iter().filter(|h| h.shard != shard).all(|h| !h.poisoned));
-    // The other shard keeps working.
-    assert_eq!(campus.buy(campus.terminals.canteen_b, 1001, 1_00).code, AnswerCode::Approved);
-    campus.ledger().inject_write_failure(CONTROL_JOURNAL);
-    assert!(matches!(campus.ledger().report_lost(1001), Err(ControlError::FaultInjected)));
-    assert_eq!(campus.ledger().card(1001).expect("card").state, CardState::Active);
-    campus.reopen();
-    assert!(campus.ledger().health().iter().all(|h| !h.poisoned));
-    assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::Approved);
-    assert_eq!(campus.balance(1001), 8_00);
     campus.assert_verified();
 }
 

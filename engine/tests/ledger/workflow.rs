@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use onecard_engine::Ledger;
 use onecard_engine::account::{AccountId, AccountKind};
-use onecard_engine::journal::CONTROL_JOURNAL;
 use onecard_engine::workflow::{Action, Actor, EffectState, Status, WorkflowError, Workflows};
 use onecard_tests::TempDir;
 use serde_json::json;
@@ -164,8 +163,8 @@ fn an_approved_adjustment_posts_exactly_once_even_when_the_ledger_fails_in_betwe
             workflows.act(&maker, id, Action::Approve, "", None, None),
             Err(WorkflowError::FourEyes(_))
         ));
-        // The approval lands; the ledger write of its effect fails.
-        ledger.inject_write_failure(CONTROL_JOURNAL);
+        // The approval lands (one write); the ledger write of its effect fails.
+        ledger.inject_fault("write_fails@control+1".parse().expect("a plan"));
         assert!(workflows.act(&checker, id, Action::Approve, "核对无误", None, None).is_err());
         let stored = workflows.instance(id).expect("stored");
         assert_eq!((stored.status, stored.effect), (Status::Completed, Some(EffectState::Pending)));

@@ -13,7 +13,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use onecard_engine::adjustment::AdjustmentOrder;
 use onecard_engine::date::now_ms;
-use onecard_engine::store::{CF_ADMIN, synced};
+use onecard_engine::journal::CONTROL_JOURNAL;
+use onecard_engine::store::CF_ADMIN;
 use rocksdb::{Direction, IteratorMode};
 use serde::{Deserialize, Serialize};
 
@@ -99,7 +100,7 @@ fn store(state: &AppState, record: &AdjustmentRecord, next: Option<u64>) -> Resu
     if let Some(next) = next {
         write.put_cf(cf, KEY_NEXT, next.to_be_bytes());
     }
-    store.db().write_opt(write, &synced())?;
+    store.write_synced(CONTROL_JOURNAL, write)?;
     Ok(())
 }
 

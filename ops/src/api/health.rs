@@ -29,10 +29,12 @@ struct ReadyJson {
     ready: bool,
     business_date: String,
     shards: Vec<ShardJson>,
+    /// The control plane (cards, merchants, day turns, workflows) is poisoned.
+    control_poisoned: bool,
 }
 
-/// `/readyz`: 200 when the store is open and every shard takes work; 503 when a
-/// shard is poisoned by a failed write (it needs a restart).
+/// `/readyz`: 200 when the store is open and every shard and the control plane take
+/// work; 503 when one is poisoned by a failed write (it needs a restart).
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let shards: Vec<ShardJson> = state
         .ledger
@@ -40,9 +42,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .into_iter()
         .map(|h| ShardJson { shard: h.shard, poisoned: h.poisoned, queue_depth: h.queue_depth })
         .collect();
-    let ready = shards.iter().all(|s| !s.poisoned);
+    let control_poisoned = state.ledger.control_poisoned();
+    let ready = shards.iter().all(|s| !s.poisoned) && !control_poisoned;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = ReadyJson { ready, business_date: state.ledger.business_date().to_string(), shards };
+    let business_date = state.ledger.business_date().to_string();
+    let body = ReadyJson { ready, business_date, shards, control_poisoned };
     (status, Json(body)).into_response()
 }
 

@@ -44,6 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use onecard_engine::audit::{AuditEntry, Outcome};
+use onecard_engine::storage::StorageError;
 use onecard_engine::workflow::Workflows;
 use onecard_engine::{ControlError, Ledger};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
@@ -352,7 +353,7 @@ impl From<ControlError> for ApiError {
             ControlError::DateNotClosed { .. } => (S::CONFLICT, "date_not_closed"),
             ControlError::SameAccount(_) => (S::UNPROCESSABLE_ENTITY, "same_account"),
             ControlError::UnknownAccount(_) => (S::UNPROCESSABLE_ENTITY, "invalid_account"),
-            ControlError::Storage(_) | ControlError::FaultInjected => {
+            ControlError::Storage(_) | ControlError::Write(_) => {
                 (S::SERVICE_UNAVAILABLE, "storage_unavailable")
             }
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
@@ -371,7 +372,9 @@ impl From<OperatorError> for ApiError {
             OperatorError::Exists(_) => (S::CONFLICT, "operator_exists"),
             OperatorError::Unknown(_) => (S::NOT_FOUND, "operator_not_found"),
             OperatorError::TooMany => (S::CONFLICT, "too_many_operators"),
-            OperatorError::Storage(_) => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            OperatorError::Storage(_) | OperatorError::Write(_) => {
+                (S::SERVICE_UNAVAILABLE, "storage_unavailable")
+            }
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
         Self::new(status, code, message)
@@ -380,6 +383,12 @@ impl From<OperatorError> for ApiError {
 
 impl From<rocksdb::Error> for ApiError {
     fn from(error: rocksdb::Error) -> Self {
+        Self::storage(&error)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
         Self::storage(&error)
     }
 }

@@ -4,6 +4,7 @@ mod abuse;
 mod api;
 mod crash;
 mod demo;
+mod faults;
 mod front_door;
 mod loadtest;
 mod settlement;

@@ -1,0 +1,279 @@
+//! The door every durable write passes on its way to RocksDB, and the faults a test
+//! can put in that door.
+//!
+//! A write names its journal: a shard, or [`CONTROL_JOURNAL`] for everything else
+//! (control batches, records, dates, workflows, the audit log, operators). A journal
+//! whose write fails is poisoned: it refuses every later write until the process
+//! restarts, because after a failed write or sync nobody knows what reached the disk,
+//! and the engine's counters (next transfer id, next batch) may no longer match it.
+//! Recovery at the next start reads what is really there.
+//!
+//! [`FaultInjecting`] wraps the real [`Rocks`] door and fails one chosen write the way
+//! a disk does: the write refused ([`Fault::WriteFails`]), the write made but its sync
+//! failed ([`Fault::SyncFails`]: the batch may well be on disk, unacknowledged), or the
+//! disk full ([`Fault::DiskFull`]: that write and every later one, on every journal,
+//! refused). Ledgers always sit behind it; with nothing armed it costs one atomic load.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rocksdb::{DB, WriteBatch, WriteOptions};
+
+use crate::journal::CONTROL_JOURNAL;
+
+/// Why a write did not become durable.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB refused the write or its sync.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A fault armed by a test.
+    #[error("{0} (injected)")]
+    Injected(Fault),
+    /// An earlier write of this journal failed; it takes none until restart.
+    #[error("an earlier write failed; the journal takes no writes until restart")]
+    Poisoned,
+}
+
+/// Where batches are made durable.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Writes `batch` for `journal`, synced to disk when `sync` is set.
+    ///
+    /// # Errors
+    /// [`StorageError`] if the batch may not be durable.
+    fn write(
+        &self,
+        db: &DB,
+        journal: u8,
+        batch: WriteBatch,
+        sync: bool,
+    ) -> Result<(), StorageError>;
+}
+
+/// RocksDB itself.
+#[derive(Debug, Default)]
+pub struct Rocks;
+
+impl Storage for Rocks {
+    fn write(
+        &self,
+        db: &DB,
+        _journal: u8,
+        batch: WriteBatch,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        db.write_opt(batch, &options)?;
+        Ok(())
+    }
+}
+
+/// A way a disk fails a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The write is refused; nothing reaches the disk.
+    WriteFails,
+    /// The write reaches the operating system but its sync fails.
+    SyncFails,
+    /// No space left: this write and every later one are refused.
+    DiskFull,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::WriteFails => "write failed",
+            Self::SyncFails => "sync failed",
+            Self::DiskFull => "no space left on device",
+        })
+    }
+}
+
+/// One fault to inject: which, on which journal (any when `None`), after how many of
+/// that journal's writes have gone through.
+///
+/// Written `fault[@journal][+after]`: `write_fails`, `sync_fails@1`,
+/// `disk_full@control+20`. Journals are shard numbers or `control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// The fault.
+    pub fault: Fault,
+    /// The journal whose write fails, or any.
+    pub journal: Option<u8>,
+    /// Writes of that journal to let through first.
+    pub after_writes: u64,
+}
+
+/// A fault plan that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "storage fault `{0}`: expected write_fails|sync_fails|disk_full, then optionally \
+     @<shard>|@control and +<writes to let through>"
+)]
+pub struct FaultPlanError(String);
+
+impl FromStr for FaultPlan {
+    type Err = FaultPlanError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || FaultPlanError(text.to_owned());
+        let (rest, after_writes) = match text.split_once('+') {
+            Some((rest, after)) => (rest, after.parse().map_err(|_| error())?),
+            None => (text, 0),
+        };
+        let (fault, journal) = match rest.split_once('@') {
+            Some((fault, "control")) => (fault, Some(CONTROL_JOURNAL)),
+            Some((fault, shard)) => (
+                fault,
+                Some(shard.parse().ok().filter(|s| *s != CONTROL_JOURNAL).ok_or_else(error)?),
+            ),
+            None => (rest, None),
+        };
+        let fault = match fault {
+            "write_fails" => Fault::WriteFails,
+            "sync_fails" => Fault::SyncFails,
+            "disk_full" => Fault::DiskFull,
+            _ => return Err(error()),
+        };
+        Ok(Self { fault, journal, after_writes })
+    }
+}
+
+/// An armed plan and how far it has counted.
+#[derive(Debug)]
+struct Armed {
+    plan: FaultPlan,
+    seen: u64,
+}
+
+/// A door that fails the write a [`FaultPlan`] picks, in front of another door.
+#[derive(Debug, Default)]
+pub struct FaultInjecting<S> {
+    inner: S,
+    /// Set while a plan waits to fire: the only cost of this door when unarmed.
+    armed: AtomicBool,
+    plan: Mutex<Option<Armed>>,
+    disk_full: AtomicBool,
+    injected: AtomicU64,
+}
+
+impl<S: Storage> FaultInjecting<S> {
+    /// A door in front of `inner` with nothing armed.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            armed: AtomicBool::new(false),
+            plan: Mutex::new(None),
+            disk_full: AtomicBool::new(false),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// Arms `plan`, replacing any plan not yet fired.
+    pub fn arm(&self, plan: FaultPlan) {
+        *self.plan.lock().unwrap_or_else(PoisonError::into_inner) = Some(Armed { plan, seen: 0 });
+        self.armed.store(true, Ordering::Release);
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// The fault this write is to suffer, if any; counts the write against the plan.
+    fn fires(&self, journal: u8) -> Option<Fault> {
+        if self.disk_full.load(Ordering::Acquire) {
+            return Some(Fault::DiskFull);
+        }
+        if !self.armed.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut slot = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+        let armed = slot.as_mut()?;
+        if armed.plan.journal.is_some_and(|j| j != journal) {
+            return None;
+        }
+        if armed.seen < armed.plan.after_writes {
+            armed.seen += 1;
+            return None;
+        }
+        let fault = armed.plan.fault;
+        *slot = None;
+        self.armed.store(false, Ordering::Release);
+        if fault == Fault::DiskFull {
+            self.disk_full.store(true, Ordering::Release);
+        }
+        Some(fault)
+    }
+}
+
+impl<S: Storage> Storage for FaultInjecting<S> {
+    fn write(
+        &self,
+        db: &DB,
+        journal: u8,
+        batch: WriteBatch,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        match self.fires(journal) {
+            None => self.inner.write(db, journal, batch, sync),
+            Some(fault) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                if fault == Fault::SyncFails {
+                    // The bytes reach the write-ahead log; only the sync is lost.
+                    self.inner.write(db, journal, batch, false)?;
+                }
+                Err(StorageError::Injected(fault))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_parse_and_bad_ones_are_refused_by_name() {
+        assert_eq!(
+            "disk_full@control+20".parse(),
+            Ok(FaultPlan {
+                fault: Fault::DiskFull,
+                journal: Some(CONTROL_JOURNAL),
+                after_writes: 20
+            })
+        );
+        assert_eq!(
+            "sync_fails@1".parse(),
+            Ok(FaultPlan { fault: Fault::SyncFails, journal: Some(1), after_writes: 0 })
+        );
+        assert_eq!(
+            "write_fails".parse(),
+            Ok(FaultPlan { fault: Fault::WriteFails, journal: None, after_writes: 0 })
+        );
+        for bad in ["", "slow", "disk_full@", "disk_full@x", "disk_full@255", "write_fails+-1"] {
+            let error = bad.parse::<FaultPlan>().expect_err(bad);
+            assert!(error.to_string().contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_plan_fires_once_on_its_journal_after_its_count_and_a_full_disk_stays_full() {
+        let door = FaultInjecting::new(Rocks);
+        assert_eq!(door.fires(0), None, "nothing armed");
+        door.arm(FaultPlan { fault: Fault::WriteFails, journal: Some(1), after_writes: 2 });
+        assert_eq!(door.fires(0), None, "another journal");
+        assert_eq!(door.fires(1), None);
+        assert_eq!(door.fires(1), None);
+        assert_eq!(door.fires(1), Some(Fault::WriteFails));
+        assert_eq!(door.fires(1), None, "once");
+        door.arm(FaultPlan { fault: Fault::DiskFull, journal: None, after_writes: 0 });
+        assert_eq!(door.fires(3), Some(Fault::DiskFull));
+        assert_eq!(door.fires(0), Some(Fault::DiskFull), "every journal, from then on");
+        assert_eq!(door.fires(CONTROL_JOURNAL), Some(Fault::DiskFull));
+    }
+}

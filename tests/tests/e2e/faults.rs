@@ -1,0 +1,74 @@
+//! A full disk under a real `onecard serve` (the `ONECARD_STORAGE_FAULT` hook): no
+//! purchase is approved that did not reach the disk, every journal that tries to write
+//! refuses work, `/readyz` and the metrics say so, and a restart comes back clean.
+
+use onecard_protocol::AnswerCode;
+use onecard_tests::{Server, metric};
+
+use crate::support::{Campus, FUNDED_FEN, balance_fen, outcome, purchase};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_work_says_so_and_a_restart_comes_back_clean() {
+    let campus = Campus::build("fault-disk-full", 1, &[]).await;
+    let Campus { server, dir, cards, canteen, other_canteen, .. } = campus;
+    let card = cards[0];
+    assert!(server.stop().success());
+    // Shard 0's second write finds the disk full, and so does every write after it.
+    let server =
+        Server::start_with_env(dir.path(), &[], &[("ONECARD_STORAGE_FAULT", "disk_full@0+1")]);
+    let admin = server.admin();
+    let (status, _) = admin.get("/readyz");
+    assert_eq!(status, 200);
+    let windows = [canteen.connect(&server).await, other_canteen.connect(&server).await];
+    let mut approved = 0i64;
+    let mut refused = 0;
+    for round in 0..4 {
+        for window in &windows {
+            let (code, transfer_id) =
+                outcome(&window.call(purchase(card, 1_00)).await.expect("answered"));
+            match code {
+                AnswerCode::Approved => {
+                    assert_eq!(refused, 0, "round {round}: approved after a refusal");
+                    assert_ne!(transfer_id, 0);
+                    approved += 1;
+                }
+                AnswerCode::ServiceUnavailable => refused += 1,
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+    }
+    assert!(refused >= 6, "{refused} refused, {approved} approved");
+    let (status, ready) = admin.get("/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["ready"], false);
+    assert!(ready["shards"].as_array().expect("shards").iter().all(|s| s["poisoned"] == true));
+    let text = server.metrics();
+    assert_eq!(metric(&text, r#"onecard_shard_poisoned{shard="0"}"#), Some(1.0));
+    assert_eq!(metric(&text, r#"onecard_shard_poisoned{shard="1"}"#), Some(1.0));
+    // A control write finds the disk full too, and says so with a typed code.
+    let (status, body) = admin.post(&format!("/api/cards/{card}/freeze"), &serde_json::json!({}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("storage_unavailable")),
+        "{body}"
+    );
+    assert_eq!(balance_fen(&admin, card), FUNDED_FEN - approved * 1_00, "reads still answer");
+    let (_, ready) = admin.get("/readyz");
+    assert_eq!(ready["control_poisoned"], true);
+    drop(windows);
+    server.kill();
+
+    // Space again: a restart without the fault is clean and takes work.
+    let report = onecard_tests::verify(dir.path());
+    assert!(!report.is_empty());
+    let server = Server::start(dir.path());
+    let admin = server.admin();
+    let (status, ready) = admin.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(balance_fen(&admin, card), FUNDED_FEN - approved * 1_00, "nothing lost or added");
+    let window = canteen.connect(&server).await;
+    let (code, _) = outcome(&window.call(purchase(card, 1_00)).await.expect("answered"));
+    assert_eq!(code, AnswerCode::Approved);
+    assert!(server.stop().success());
+    drop(dir);
+}
