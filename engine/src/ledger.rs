@@ -798,6 +798,12 @@ impl Ledger {
         self.shared.store.shards()
     }
 
+    /// How the ledger runs.
+    #[must_use]
+    pub fn config(&self) -> &LedgerConfig {
+        &self.shared.config
+    }
+
     /// The store, for verification and backups.
     #[must_use]
     pub fn store(&self) -> &Store {

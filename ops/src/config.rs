@@ -18,6 +18,8 @@ use onecard_engine::frontdoor::FrontDoorConfig;
 use onecard_engine::settlement::MealHours;
 use serde::Deserialize;
 
+use crate::backup::{BACKUPS_KEPT_MIN, BackupConfig};
+
 /// Every configuration key. All optional here: what is not given keeps its default.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +81,25 @@ pub struct Settings {
     /// [default: <data_dir>/settlements]
     #[arg(long, env = "ONECARD_SETTLEMENT_DIR")]
     pub settlement_dir: Option<PathBuf>,
+
+    /// Directory of the store's backups (RocksDB's backup layout).
+    /// [default: <data_dir>/backups]
+    #[arg(long, env = "ONECARD_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Directory every backup is copied to after it is taken: another disk, or a
+    /// mount of another machine. [default: none]
+    #[arg(long, env = "ONECARD_BACKUP_OFFSITE_DIR")]
+    pub backup_offsite_dir: Option<PathBuf>,
+
+    /// Backups kept, at least 15 (the card centre keeps 15 days). [default: 15]
+    #[arg(long, env = "ONECARD_BACKUP_KEEP")]
+    pub backup_keep: Option<usize>,
+
+    /// Local time of serve's daily backup, HH:MM, or `off`. A server that starts
+    /// after it with no backup yet that day backs up at once. [default: 03:00]
+    #[arg(long, env = "ONECARD_BACKUP_AT")]
+    pub backup_at: Option<String>,
 
     /// Terminal connections served at once; more wait in the kernel backlog.
     /// [default: 20000]
@@ -166,6 +187,10 @@ impl Settings {
             term_ends,
             workflows_dir,
             settlement_dir,
+            backup_dir,
+            backup_offsite_dir,
+            backup_keep,
+            backup_at,
             terminal_connections_max,
             terminal_idle_timeout_secs,
             frame_read_timeout_secs,
@@ -221,6 +246,8 @@ pub struct Config {
     pub workflows_dir: PathBuf,
     /// The term ends, when the restricted purses' expiry is applied for.
     pub term_ends: Vec<onecard_engine::BusinessDate>,
+    /// Backups: where, how many, when.
+    pub backup: BackupConfig,
     /// The terminal port.
     pub terminal_listen: SocketAddr,
     /// The admin port.
@@ -254,7 +281,7 @@ fn cutover_minutes(text: &str) -> anyhow::Result<u32> {
         let minutes: u32 = minutes.parse().ok()?;
         (hours < 24 && minutes < 60 && text.len() == 5).then_some(hours * 60 + minutes)
     });
-    parsed.with_context(|| format!("cutover {text:?} is not a time of day as HH:MM"))
+    parsed.with_context(|| format!("{text:?} is not a time of day as HH:MM"))
 }
 
 impl Config {
@@ -335,7 +362,23 @@ impl Config {
                     .map_err(|message| anyhow::anyhow!("term end: {message}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let backup_keep = settings.backup_keep.unwrap_or(BACKUPS_KEPT_MIN);
+        anyhow::ensure!(
+            backup_keep >= BACKUPS_KEPT_MIN,
+            "backup_keep must be at least {BACKUPS_KEPT_MIN} (15 days of backups)"
+        );
+        let backup = BackupConfig {
+            dir: settings.backup_dir.unwrap_or_else(|| data_dir.join("backups")),
+            offsite_dir: settings.backup_offsite_dir,
+            keep: backup_keep,
+            daily_at_minutes: match settings.backup_at.as_deref() {
+                Some("off") => None,
+                Some(text) => Some(cutover_minutes(text)?),
+                None => Some(3 * 60),
+            },
+        };
         Ok(Self {
+            backup,
             settlement_dir: settings.settlement_dir.unwrap_or_else(|| data_dir.join("settlements")),
             auto_settle: settings.auto_settle.unwrap_or(true),
             channel_adapters_dir: settings
@@ -395,5 +438,7 @@ mod tests {
         assert!(bad(Settings { cutover: Some("2:00".into()), ..Settings::default() }));
         assert!(bad(Settings { token_ttl_secs: Some(0), ..Settings::default() }));
         assert!(bad(Settings { metrics_token: Some("short".into()), ..Settings::default() }));
+        assert!(bad(Settings { backup_keep: Some(14), ..Settings::default() }));
+        assert!(bad(Settings { backup_at: Some("3am".into()), ..Settings::default() }));
     }
 }

@@ -10,8 +10,10 @@
 //! - `settlement_files.rs` — the settlement files finance pulls.
 //! - `day.rs` — the day cutover and settlement, on a schedule inside `serve`.
 //! - `channels.rs` — top-up channels' statement files, their adapters and reports.
+//! - `backup.rs` — backups: taken, mirrored offsite, kept, verified, restored.
 
 mod api;
+mod backup;
 mod channels;
 mod config;
 mod day;
@@ -64,6 +66,55 @@ enum Command {
     /// (the server must be stopped; the API does both live). Writes the report beside
     /// the date's settlement files; exits non-zero if anything disagrees.
     Reconcile(Box<ReconcileArgs>),
+    /// Back up the store, list, verify or restore backups. The backup directory, the
+    /// offsite copy and how many are kept come from the same settings as `serve`.
+    #[command(subcommand)]
+    Backup(Box<BackupCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Take a backup now (the server must be stopped; a running server takes its
+    /// daily backup by itself, and one on demand with POST /api/backups).
+    Create {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// List the backups, oldest first, and whether the offsite copy holds each.
+    List {
+        /// List the offsite copy's backups instead.
+        #[arg(long)]
+        offsite: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Check a backup's files, restore it into a scratch directory and prove the
+    /// ledger's invariants on it; exits non-zero if anything fails.
+    Verify {
+        /// The backup (default: the newest).
+        #[arg(long)]
+        id: Option<u32>,
+        /// Verify the offsite copy's backup instead.
+        #[arg(long)]
+        offsite: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Restore a backup into a new directory, then verify it there. Serve the
+    /// restored store with `onecard serve --data-dir DIR`.
+    Restore {
+        /// The directory to restore into; it must not exist or be empty.
+        #[arg(long)]
+        to: PathBuf,
+        /// The backup (default: the newest).
+        #[arg(long)]
+        id: Option<u32>,
+        /// Restore from the offsite copy.
+        #[arg(long)]
+        offsite: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
 }
 
 /// `cutover` and `settle`: a date, and the same settings as `serve` (the time zone,
@@ -108,7 +159,7 @@ impl DayArgs {
 /// The settings every command that opens the store takes: the time zone and the turn
 /// of the day matter even to `verify`, since opening the ledger closes the days the
 /// clock has passed.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct SettingsArgs {
     /// A TOML file of settings (keys as the flags below, with underscores).
     #[arg(long, env = "ONECARD_CONFIG")]
@@ -159,6 +210,10 @@ fn main() -> anyhow::Result<()> {
             init_logging(false);
             reconcile(args)
         }
+        Command::Backup(args) => {
+            init_logging(false);
+            backup_command(*args)
+        }
         Command::Settle(args) => {
             init_logging(false);
             let (date, config) = args.resolve()?;
@@ -173,6 +228,76 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn backup_command(command: BackupCommand) -> anyhow::Result<()> {
+    let settings = match &command {
+        BackupCommand::Create { settings }
+        | BackupCommand::List { settings, .. }
+        | BackupCommand::Verify { settings, .. }
+        | BackupCommand::Restore { settings, .. } => settings,
+    };
+    let config = settings.clone().resolve()?;
+    let backups = &config.backup;
+    let source = |offsite: bool| -> anyhow::Result<&Path> {
+        if offsite {
+            backups.offsite_dir.as_deref().context("no backup_offsite_dir is configured")
+        } else {
+            Ok(&backups.dir)
+        }
+    };
+    match command {
+        BackupCommand::Create { .. } => {
+            let ledger =
+                Ledger::open(&config.data_dir, config.ledger.clone()).with_context(|| {
+                    format!(
+                        "opening the ledger in {} (is `onecard serve` running on it? it backs up \
+                     daily by itself, and at once on POST /api/backups)",
+                        config.data_dir.display()
+                    )
+                })?;
+            let taken = backup::create(ledger.store().db(), backups);
+            ledger.close();
+            let info = taken?;
+            println!(
+                "backup {} taken in {}: {} bytes, {} files{}",
+                info.id,
+                backups.dir.display(),
+                info.size_bytes,
+                info.files,
+                if info.offsite { ", copied offsite" } else { "" }
+            );
+        }
+        BackupCommand::List { offsite, .. } => {
+            let other = if offsite { None } else { backups.offsite_dir.as_deref() };
+            for info in backup::list(source(offsite)?, other)? {
+                println!(
+                    "{}\t{}\t{} bytes\t{} files{}",
+                    info.id,
+                    backup::time_text(info.timestamp_s, config.ledger.utc_offset_minutes),
+                    info.size_bytes,
+                    info.files,
+                    if info.offsite { "\toffsite" } else { "" }
+                );
+            }
+        }
+        BackupCommand::Verify { id, offsite, .. } => {
+            let (id, report) = backup::verify(source(offsite)?, id, &config.ledger)?;
+            println!("backup {id}:\n{report}");
+            anyhow::ensure!(report.is_clean(), "backup {id} failed verification");
+        }
+        BackupCommand::Restore { to, id, offsite, .. } => {
+            let id = backup::restore(source(offsite)?, id, &to)?;
+            let ledger = Ledger::open(&to, config.ledger.clone())
+                .with_context(|| format!("opening the restored ledger in {}", to.display()))?;
+            let report = ledger.verify().context("reading the restored ledger");
+            ledger.close();
+            let report = report?;
+            println!("backup {id} restored into {}:\n{report}", to.display());
+            anyhow::ensure!(report.is_clean(), "the restored ledger failed verification");
+        }
+    }
+    Ok(())
 }
 
 fn reconcile(args: Box<ReconcileArgs>) -> anyhow::Result<()> {
@@ -313,7 +438,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
     if std::env::var_os("ONECARD_CRASH_BEFORE_WORKFLOW_EFFECT").is_some() {
         workflows.crash_before_effects();
     }
-    let state = api::AppState::new(Arc::clone(&ledger), Arc::clone(&config), workflows);
+    let backups = Arc::new(backup::Backups::new(Arc::clone(&ledger), config.backup.clone()));
+    let state = api::AppState::new(Arc::clone(&ledger), Arc::clone(&config), workflows, backups);
     bootstrap_admin(&state.operators, &config.data_dir)?;
     if config.demo {
         if demo::is_empty(&ledger) {
@@ -375,6 +501,7 @@ async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> 
         },
         shutdown_rx.clone(),
     ));
+    let backup = tokio::spawn(backup::run(Arc::clone(&state.backups), shutdown_rx.clone()));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
         let service = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -396,6 +523,7 @@ async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> 
     });
     front_door.await.context("front door task")?.context("front door")?;
     day.await.context("business day task")?;
+    backup.await.context("backup task")?;
     // An admin client that holds its connection open does not hold up the exit.
     match tokio::time::timeout(onecard_engine::limits::SHUTDOWN_DRAIN_TIMEOUT, http).await {
         Ok(served) => served.context("admin API task")?.context("admin API")?,

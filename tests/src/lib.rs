@@ -147,6 +147,8 @@ impl Server {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            // No daily backup unless a test asks for one (`--backup-at`).
+            .env("ONECARD_BACKUP_AT", "off")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

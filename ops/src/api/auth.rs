@@ -49,6 +49,8 @@ pub enum Permission {
     DayWrite,
     /// Manage operators.
     OperatorsWrite,
+    /// List backups and take one.
+    Backups,
 }
 
 impl Permission {
@@ -59,7 +61,7 @@ impl Permission {
         match self {
             Self::CardsRead | Self::DirectoryRead => true,
             Self::CardsWrite => matches!(role, Admin | Clerk),
-            Self::DirectoryWrite | Self::OperatorsWrite => matches!(role, Admin),
+            Self::DirectoryWrite | Self::OperatorsWrite | Self::Backups => matches!(role, Admin),
             Self::CommissionWrite => matches!(role, Admin | Finance),
             Self::LedgerRead => matches!(role, Admin | Finance | Auditor),
             Self::AuditRead => matches!(role, Admin | Auditor),

@@ -20,6 +20,7 @@
 
 mod adjustments;
 mod auth;
+mod backups;
 mod cards;
 mod directory;
 mod health;
@@ -35,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backup::Backups;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::StatusCode;
@@ -75,6 +77,8 @@ pub struct AppState {
     pub workflows: Workflows,
     /// The resolved configuration.
     pub config: Arc<Config>,
+    /// Backups on demand, one at a time with the daily one.
+    pub backups: Arc<Backups>,
     /// The API's own metrics.
     metrics: Arc<HttpMetrics>,
 }
@@ -85,9 +89,15 @@ impl AppState {
     /// # Panics
     /// If the API's metrics cannot be registered (a duplicate name: a bug).
     #[must_use]
-    pub fn new(ledger: Arc<Ledger>, config: Arc<Config>, workflows: Workflows) -> Self {
+    pub fn new(
+        ledger: Arc<Ledger>,
+        config: Arc<Config>,
+        workflows: Workflows,
+        backups: Arc<Backups>,
+    ) -> Self {
         let metrics = Arc::new(HttpMetrics::new(ledger.metrics().registry()));
         Self {
+            backups,
             operators: Operators::new(Arc::clone(&ledger)),
             sessions: Arc::new(Sessions::default()),
             workflows,
@@ -195,6 +205,7 @@ pub fn router(state: AppState) -> Router {
         .route("/transfers/{id}", get(ledger::transfer))
         .route("/audit", get(ledger::audit))
         .route("/verify", get(ledger::verify))
+        .route("/backups", get(backups::list).post(backups::create))
         .route("/cutover", post(settlement::cutover))
         .route("/settlements/{date}", get(settlement::show).post(settlement::settle))
         .route("/settlements/{date}/file", get(settlement::file))

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod api;
+mod backup;
 mod crash;
 mod demo;
 mod faults;
