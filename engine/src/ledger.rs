@@ -869,7 +869,17 @@ impl Ledger {
         }
         metrics.cards.set(i64::try_from(self.shared.cards.len()).unwrap_or(i64::MAX));
         metrics.business_date.set(i64::from(self.business_date().to_yyyymmdd()));
-        metrics.blacklist_version.set(i64::try_from(self.blacklist_version()).unwrap_or(0));
+        let newest = self.blacklist_version();
+        metrics.blacklist_version.set(i64::try_from(newest).unwrap_or(0));
+        let (mut enabled, mut behind) = (0i64, 0i64);
+        for terminal in self.shared.directory.terminals() {
+            enabled += i64::from(terminal.is_enabled());
+            let signed_on = terminal.sessions.load(Ordering::Relaxed) > 0;
+            behind +=
+                i64::from(signed_on && terminal.blacklist_version.load(Ordering::Relaxed) < newest);
+        }
+        metrics.terminals_enabled.set(enabled);
+        metrics.terminals_blacklist_behind.set(behind);
         let db = self.shared.store.db();
         let sum = |property: &str| -> i64 {
             self.shared

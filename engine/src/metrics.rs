@@ -143,6 +143,11 @@ pub struct Metrics {
     pub cards: IntGauge,
     /// Terminals with a signed-on session now.
     pub terminals_signed_on: IntGauge,
+    /// Terminals enabled to post (their merchant too), read at each scrape.
+    pub terminals_enabled: IntGauge,
+    /// Signed-on terminals holding a blacklist older than the newest, read at each
+    /// scrape.
+    pub terminals_blacklist_behind: IntGauge,
     /// The business date as `yyyymmdd` (refreshed at scrape).
     pub business_date: IntGauge,
     /// The newest blacklist version (refreshed at scrape).
@@ -314,6 +319,14 @@ impl Metrics {
             terminals_signed_on: gauge(
                 "onecard_terminals_signed_on",
                 "Terminals with a signed-on session now.",
+            ),
+            terminals_enabled: gauge(
+                "onecard_terminals_enabled",
+                "Terminals enabled to post, with their merchant enabled.",
+            ),
+            terminals_blacklist_behind: gauge(
+                "onecard_terminals_blacklist_behind",
+                "Signed-on terminals whose blacklist is older than the newest version.",
             ),
             business_date: gauge("onecard_business_date", "The business date, as yyyymmdd."),
             blacklist_version: gauge(

@@ -159,6 +159,10 @@ impl HttpMetrics {
             &["reason"],
         )
         .expect("valid metric");
+        // Every reason from the start, so a rate over them exists before the first.
+        for reason in AUTH_REFUSAL_REASONS {
+            auth_refused.with_label_values(&[reason]).reset();
+        }
         let workflow_overdue = prometheus::IntGauge::new(
             "onecard_workflow_overdue_applications",
             "Open applications whose current step is past its deadline (read at each scrape).",
@@ -175,6 +179,18 @@ impl HttpMetrics {
         Self { requests, seconds, auth_refused, workflow_overdue }
     }
 }
+
+/// The reasons `onecard_http_auth_refused_total` counts.
+const AUTH_REFUSAL_REASONS: [&str; 8] = [
+    "no_token",
+    "unknown_token",
+    "token_expired",
+    "forbidden",
+    "bad_credentials",
+    "operator_locked",
+    "password_change_required",
+    "metrics_token",
+];
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {

@@ -8,6 +8,7 @@ mod demo;
 mod faults;
 mod front_door;
 mod loadtest;
+mod monitoring;
 mod settlement;
 mod shutdown;
 mod support;
