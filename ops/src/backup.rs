@@ -112,7 +112,7 @@ pub fn create(db: &DB, config: &BackupConfig) -> anyhow::Result<BackupInfo> {
     engine.purge_old_backups(config.keep).context("purging old backups")?;
     drop(engine);
     if let Some(offsite) = &config.offsite_dir {
-        mirror(&config.dir, offsite)
+        mirror(&config.dir, offsite, config.keep)
             .with_context(|| format!("copying the backups to {}", offsite.display()))?;
     }
     list(&config.dir, config.offsite_dir.as_deref())?
@@ -148,22 +148,34 @@ fn is_meta(relative: &Path) -> bool {
     relative.starts_with("meta")
 }
 
-/// Makes `to` hold what `from` holds: new files copied (through a temporary name,
-/// synced), `meta` last; files `from` no longer has removed, `meta` first.
-fn mirror(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Copies into `to` every file of `from` it lacks (through a temporary name, synced),
+/// each backup's `meta` last; then the offsite copy keeps its newest `keep` by its own
+/// backup engine. It never deletes a file because `from` lacks it: a backup directory
+/// replaced by an empty one (a restore, a new disk) must not empty the offsite copy.
+/// A backup id offsite that names a different backup (the ids started again) is
+/// refused: that directory needs an offsite directory of its own.
+fn mirror(from: &Path, to: &Path, keep: usize) -> anyhow::Result<()> {
     let wanted = files_under(from)?;
     let held = files_under(to)?;
+    for relative in wanted.iter().filter(|p| is_meta(p) && held.contains(*p)) {
+        if std::fs::read(from.join(relative))? != std::fs::read(to.join(relative))? {
+            anyhow::bail!(
+                "{} already holds a different backup {}: the backup directory {} started \
+                 again; give it its own offsite directory",
+                to.display(),
+                relative.display(),
+                from.display()
+            );
+        }
+    }
     let copy_order =
         wanted.iter().filter(|p| !is_meta(p)).chain(wanted.iter().filter(|p| is_meta(p)));
     for relative in copy_order {
-        let (source, target) = (from.join(relative), to.join(relative));
-        let same_size = held.contains(relative)
-            && std::fs::metadata(&source)?.len() == std::fs::metadata(&target)?.len();
-        // Table and log files never change once written; `meta` files are rewritten
-        // only by being replaced under a new id.
-        if same_size && !is_meta(relative) {
+        // Files never change once written, and a `meta` file held is the same one.
+        if held.contains(relative) {
             continue;
         }
+        let (source, target) = (from.join(relative), to.join(relative));
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -173,12 +185,7 @@ fn mirror(from: &Path, to: &Path) -> anyhow::Result<()> {
         std::fs::File::open(&partial)?.sync_all()?;
         std::fs::rename(&partial, &target)?;
     }
-    let stale = held.iter().filter(|p| !wanted.contains(*p));
-    let (stale_meta, stale_rest): (Vec<_>, Vec<_>) = stale.partition(|p| is_meta(p));
-    for relative in stale_meta.into_iter().chain(stale_rest) {
-        std::fs::remove_file(to.join(relative))
-            .with_context(|| format!("removing {}", to.join(relative).display()))?;
-    }
+    engine(to)?.purge_old_backups(keep).context("purging old offsite backups")?;
     Ok(())
 }
 
@@ -374,23 +381,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_mirror_copies_new_files_meta_last_and_removes_what_the_source_dropped() {
+    fn an_emptied_backup_directory_never_empties_the_offsite_copy() {
         let root = std::env::temp_dir().join(format!("onecard-mirror-{}", std::process::id()));
-        let (from, to) = (root.join("from"), root.join("to"));
         let _ = std::fs::remove_dir_all(&root);
-        for (path, text) in [("shared/1.sst", "one"), ("meta/1", "m1"), ("private/1/x", "p")] {
-            let path = from.join(path);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-            std::fs::write(path, text).expect("write");
-        }
-        mirror(&from, &to).expect("mirrors");
-        assert_eq!(files_under(&to).expect("reads"), files_under(&from).expect("reads"));
-        assert_eq!(std::fs::read_to_string(to.join("meta/1")).expect("copied"), "m1");
-        std::fs::remove_file(from.join("meta/1")).expect("purge");
-        std::fs::write(from.join("meta/2"), "m2").expect("write");
-        mirror(&from, &to).expect("mirrors");
-        assert_eq!(files_under(&to).expect("reads"), files_under(&from).expect("reads"));
-        assert!(!to.join("meta/1").exists());
+        let store = onecard_engine::store::Store::open(&root.join("data"), 1).expect("opens");
+        let mut config = BackupConfig {
+            dir: root.join("backups"),
+            offsite_dir: Some(root.join("offsite")),
+            keep: BACKUPS_KEPT_MIN,
+            daily_at_minutes: None,
+        };
+        create(store.db(), &config).expect("backs up");
+        create(store.db(), &config).expect("backs up");
+        // The backup directory is replaced by an empty one: its first backup is id 1
+        // again, which offsite already holds as another backup.
+        config.dir = root.join("backups-new");
+        let meta = store.cf(onecard_engine::store::CF_META);
+        store.db().put_cf(meta, b"later", b"1").expect("writes");
+        let error = create(store.db(), &config).expect_err("refused");
+        assert!(format!("{error:#}").contains("started again"), "{error:#}");
+        let offsite = list(&root.join("offsite"), None).expect("lists");
+        assert_eq!(offsite.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2], "nothing lost");
+        drop(store);
         let _ = std::fs::remove_dir_all(&root);
     }
 
