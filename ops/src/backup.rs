@@ -238,14 +238,22 @@ pub fn verify(
     let result = (|| {
         let id = restore(dir, id, &scratch)?;
         engine(dir)?.verify_backup(id).with_context(|| format!("backup {id}'s files"))?;
-        let restored = Ledger::open(&scratch, ledger.clone())
-            .with_context(|| format!("opening backup {id}"))?;
-        let report = restored.verify().with_context(|| format!("verifying backup {id}"))?;
-        restored.close();
-        Ok((id, report))
+        Ok((id, verify_restored(&scratch, ledger)?))
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// Opens the ledger restored into `dir` and proves its invariants.
+///
+/// # Errors
+/// If the ledger cannot be opened or read.
+pub fn verify_restored(dir: &Path, ledger: &LedgerConfig) -> anyhow::Result<VerifyReport> {
+    let restored = Ledger::open(dir, ledger.clone())
+        .with_context(|| format!("opening the restored ledger in {}", dir.display()))?;
+    let report = restored.verify().context("reading the restored ledger");
+    restored.close();
+    report
 }
 
 /// The backup metrics.

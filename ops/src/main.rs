@@ -90,31 +90,29 @@ enum BackupCommand {
     },
     /// Check a backup's files, restore it into a scratch directory and prove the
     /// ledger's invariants on it; exits non-zero if anything fails.
-    Verify {
-        /// The backup (default: the newest).
-        #[arg(long)]
-        id: Option<u32>,
-        /// Verify the offsite copy's backup instead.
-        #[arg(long)]
-        offsite: bool,
-        #[command(flatten)]
-        settings: SettingsArgs,
-    },
+    Verify(BackupChoice),
     /// Restore a backup into a new directory, then verify it there. Serve the
     /// restored store with `onecard serve --data-dir DIR`.
     Restore {
         /// The directory to restore into; it must not exist or be empty.
         #[arg(long)]
         to: PathBuf,
-        /// The backup (default: the newest).
-        #[arg(long)]
-        id: Option<u32>,
-        /// Restore from the offsite copy.
-        #[arg(long)]
-        offsite: bool,
         #[command(flatten)]
-        settings: SettingsArgs,
+        choice: BackupChoice,
     },
+}
+
+/// Which backup `verify` and `restore` take, and from where.
+#[derive(Debug, clap::Args)]
+struct BackupChoice {
+    /// The backup (default: the newest).
+    #[arg(long)]
+    id: Option<u32>,
+    /// Take it from the offsite copy.
+    #[arg(long)]
+    offsite: bool,
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
 /// `cutover` and `settle`: a date, and the same settings as `serve` (the time zone,
@@ -234,8 +232,8 @@ fn backup_command(command: BackupCommand) -> anyhow::Result<()> {
     let settings = match &command {
         BackupCommand::Create { settings }
         | BackupCommand::List { settings, .. }
-        | BackupCommand::Verify { settings, .. }
-        | BackupCommand::Restore { settings, .. } => settings,
+        | BackupCommand::Verify(BackupChoice { settings, .. })
+        | BackupCommand::Restore { choice: BackupChoice { settings, .. }, .. } => settings,
     };
     let config = settings.clone().resolve()?;
     let backups = &config.backup;
@@ -281,18 +279,14 @@ fn backup_command(command: BackupCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        BackupCommand::Verify { id, offsite, .. } => {
+        BackupCommand::Verify(BackupChoice { id, offsite, .. }) => {
             let (id, report) = backup::verify(source(offsite)?, id, &config.ledger)?;
             println!("backup {id}:\n{report}");
             anyhow::ensure!(report.is_clean(), "backup {id} failed verification");
         }
-        BackupCommand::Restore { to, id, offsite, .. } => {
+        BackupCommand::Restore { to, choice: BackupChoice { id, offsite, .. } } => {
             let id = backup::restore(source(offsite)?, id, &to)?;
-            let ledger = Ledger::open(&to, config.ledger.clone())
-                .with_context(|| format!("opening the restored ledger in {}", to.display()))?;
-            let report = ledger.verify().context("reading the restored ledger");
-            ledger.close();
-            let report = report?;
+            let report = backup::verify_restored(&to, &config.ledger)?;
             println!("backup {id} restored into {}:\n{report}", to.display());
             anyhow::ensure!(report.is_clean(), "the restored ledger failed verification");
         }

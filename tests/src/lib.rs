@@ -313,20 +313,28 @@ impl Drop for Server {
 /// If the binary cannot run, or the ledger fails verification.
 #[must_use]
 pub fn verify(data_dir: &Path) -> String {
+    let data_dir = data_dir.to_str().expect("a UTF-8 path");
+    run_onecard(&["verify", "--data-dir", data_dir])
+}
+
+/// Runs the `onecard` binary with `args` to its end and returns what it printed.
+///
+/// # Panics
+/// If the binary cannot run or exits non-zero (its output is in the message).
+#[must_use]
+pub fn run_onecard(args: &[&str]) -> String {
     let output = Command::new(onecard_binary())
-        .arg("verify")
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args(args)
         .env("RUST_LOG", "warn")
         .output()
-        .expect("run onecard verify");
-    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+        .expect("run onecard");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "verify failed: {report}{}",
+        "onecard {args:?} failed: {text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    report
+    text
 }
 
 /// A value of one series in Prometheus text, `name{labels}` exactly as printed (labels

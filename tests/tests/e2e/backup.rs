@@ -5,15 +5,14 @@
 //! offsite copy restores the same.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use onecard_protocol::{AnswerCode, ClientConfig, TerminalClient};
-use onecard_tests::{Server, TempDir, metric, onecard_binary, purchase};
+use onecard_protocol::AnswerCode;
+use onecard_tests::{Server, TempDir, metric, purchase, run_onecard};
 
-use crate::support::{Campus, FUNDED_FEN, balance_fen, outcome, terminal};
+use crate::support::{Campus, FUNDED_FEN, balance_fen, one_attempt, outcome};
 
 /// One acknowledged purchase.
 #[derive(Debug, Clone, Copy)]
@@ -25,23 +24,9 @@ struct Acked {
 }
 
 fn backup_cli(args: &[&str], data_dir: &std::path::Path, offsite: &std::path::Path) -> String {
-    let output = Command::new(onecard_binary())
-        .arg("backup")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--backup-offsite-dir")
-        .arg(offsite)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run onecard backup");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "onecard backup {args:?}: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    text
+    let (data_dir, offsite) = (data_dir.to_str().expect("utf-8"), offsite.to_str().expect("utf-8"));
+    let settings = ["--data-dir", data_dir, "--backup-offsite-dir", offsite];
+    run_onecard(&[&["backup"], args, &settings[..]].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,31 +39,10 @@ async fn a_backup_under_load_restores_to_one_moment_here_and_offsite() {
         &["--backup-offsite-dir", &offsite_arg, "--backup-at", "off"],
     )
     .await;
-    let mut specs = vec![campus.canteen.clone(), campus.other_canteen.clone()];
-    for seed in 0..2u8 {
-        specs.push(terminal(
-            &campus.admin,
-            campus.canteen.merchant_id + u32::from(seed),
-            80 + seed,
-        ));
-    }
     let stop = Arc::new(AtomicBool::new(false));
-    let config = ClientConfig {
-        attempts_max: 1,
-        answer_timeout: Duration::from_secs(30),
-        ..ClientConfig::default()
-    };
     let mut tasks = Vec::new();
-    for (index, spec) in specs.iter().enumerate() {
-        let client = TerminalClient::connect(
-            campus.server.terminal_addr(),
-            spec.id,
-            &spec.key,
-            0,
-            config.clone(),
-        )
-        .await
-        .expect("signs on");
+    for (index, spec) in campus.windows(2, 80).iter().enumerate() {
+        let client = spec.connect_with(&campus.server, one_attempt()).await;
         let cards = campus.cards.clone();
         let stop = Arc::clone(&stop);
         tasks.push(tokio::spawn(async move {

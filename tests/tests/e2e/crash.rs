@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use onecard_protocol::{Answer, AnswerCode, ClientConfig, TerminalClient};
+use onecard_protocol::{Answer, AnswerCode, TerminalClient};
 use onecard_tests::{Server, purchase};
 
-use crate::support::{Campus, FUNDED_FEN, TerminalSpec, balance_fen, terminal, yuan_to_fen};
+use crate::support::{Campus, FUNDED_FEN, TerminalSpec, balance_fen, one_attempt, yuan_to_fen};
 
 /// A small deterministic generator, so a failing run can be replayed from its seed.
 struct Rng(u64);
@@ -60,17 +60,6 @@ struct TerminalLog {
     resolved: (u64, u64),
 }
 
-fn config() -> ClientConfig {
-    // One attempt with time enough for it: a slow answer is retried by this test, not
-    // by the client, so the log knows exactly which sequence each request went under.
-    ClientConfig {
-        reverse_on_give_up: false,
-        attempts_max: 1,
-        answer_timeout: Duration::from_secs(30),
-        ..ClientConfig::default()
-    }
-}
-
 fn transfer_answer(answer: &Answer) -> (bool, AnswerCode, u64) {
     match answer {
         Answer::Purchase(a) => (a.duplicate, a.code, a.transfer_id),
@@ -91,7 +80,7 @@ async fn drive(
     stop: Arc<AtomicBool>,
 ) -> TerminalLog {
     let Ok(client) =
-        TerminalClient::connect(addr, spec.id, &spec.key, log.last_sequence, config()).await
+        TerminalClient::connect(addr, spec.id, &spec.key, log.last_sequence, one_attempt()).await
     else {
         return log;
     };
@@ -159,15 +148,7 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
     // Enough cards that a long run does not spend them all (declines would be
     // correct, but they test less).
     let campus = Campus::build("crash", u64::from(kills.max(20)) * 6 / 10, &[]).await;
-    let mut terminals = vec![campus.canteen.clone(), campus.other_canteen.clone()];
-    for seed in 0..4u8 {
-        let merchant = if seed % 2 == 0 {
-            campus.canteen.merchant_id
-        } else {
-            campus.other_canteen.merchant_id
-        };
-        terminals.push(terminal(&campus.admin, merchant, 60 + seed));
-    }
+    let terminals = campus.windows(4, 60);
     let Campus { server, dir, cards, .. } = campus;
     let cards = Arc::new(cards);
     let mut logs: Vec<TerminalLog> = terminals.iter().map(|_| TerminalLog::default()).collect();
@@ -194,14 +175,14 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
             })
             .collect();
         if last {
-            logs = futures_join(tasks).await;
+            logs = join_terminals(tasks).await;
             server = Some(running);
             break;
         }
         // Let it run for a random moment, then kill it mid-stride.
         tokio::time::sleep(Duration::from_millis(150 + rng.below(600))).await;
         running.kill();
-        logs = futures_join(tasks).await;
+        logs = join_terminals(tasks).await;
         // What survived the kill is a consistent ledger before anything else touches it.
         let report = onecard_tests::verify(dir.path());
         assert!(!report.is_empty());
@@ -258,7 +239,7 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
 }
 
 /// Awaits every terminal task in order.
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<TerminalLog>>) -> Vec<TerminalLog> {
+async fn join_terminals(tasks: Vec<tokio::task::JoinHandle<TerminalLog>>) -> Vec<TerminalLog> {
     let mut logs = Vec::with_capacity(tasks.len());
     for task in tasks {
         logs.push(task.await.expect("a terminal task"));

@@ -5,45 +5,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onecard_protocol::{AnswerCode, ClientConfig, TerminalClient};
+use onecard_protocol::AnswerCode;
 use onecard_tests::Server;
 use tokio::sync::Mutex;
 
-use crate::support::{Campus, FUNDED_FEN, balance_fen, outcome, purchase, terminal};
+use crate::support::{Campus, FUNDED_FEN, balance_fen, one_attempt, outcome, purchase};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_no_acknowledged_purchase_and_adds_none() {
     let campus = Campus::build("shutdown-load", 8, &[]).await;
     // Eight terminals over both canteens, each buying in a loop on its own cards.
-    let mut terminals = vec![campus.canteen.clone(), campus.other_canteen.clone()];
-    for seed in 0..6u8 {
-        let merchant = if seed % 2 == 0 {
-            campus.canteen.merchant_id
-        } else {
-            campus.other_canteen.merchant_id
-        };
-        terminals.push(terminal(&campus.admin, merchant, 40 + seed));
-    }
-    // One attempt, and time enough for it: a request that timed out on a busy test
-    // machine could still commit, unacknowledged, and the check below is exact.
-    let config = ClientConfig {
-        reverse_on_give_up: false,
-        attempts_max: 1,
-        answer_timeout: Duration::from_secs(30),
-        ..ClientConfig::default()
-    };
+    let terminals = campus.windows(6, 40);
     let acknowledged: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
     let mut tasks = Vec::new();
     for (index, spec) in terminals.iter().enumerate() {
-        let client = TerminalClient::connect(
-            campus.server.terminal_addr(),
-            spec.id,
-            &spec.key,
-            0,
-            config.clone(),
-        )
-        .await
-        .expect("signs on");
+        let client = spec.connect_with(&campus.server, one_attempt()).await;
         let card = campus.cards[index];
         let acknowledged = Arc::clone(&acknowledged);
         tasks.push(tokio::spawn(async move {

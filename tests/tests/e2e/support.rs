@@ -6,6 +6,8 @@ use onecard_protocol::message::{Reference, TopUp};
 use onecard_protocol::{
     Answer, AnswerCode, Channel, ClientConfig, Request, TerminalClient, TerminalKey,
 };
+use std::time::Duration;
+
 use onecard_tests::{Api, Server, TempDir};
 use serde_json::json;
 
@@ -23,15 +25,27 @@ pub struct TerminalSpec {
 impl TerminalSpec {
     /// Connects and signs on.
     pub async fn connect(&self, server: &Server) -> TerminalClient {
-        TerminalClient::connect(
-            server.terminal_addr(),
-            self.id,
-            &self.key,
-            0,
-            ClientConfig::default(),
-        )
-        .await
-        .expect("the terminal signs on")
+        self.connect_with(server, ClientConfig::default()).await
+    }
+
+    /// Connects and signs on with `config`.
+    pub async fn connect_with(&self, server: &Server, config: ClientConfig) -> TerminalClient {
+        TerminalClient::connect(server.terminal_addr(), self.id, &self.key, 0, config)
+            .await
+            .expect("the terminal signs on")
+    }
+}
+
+/// A terminal's client for tests that check the ledger exactly: one attempt, with time
+/// enough for it, and no reversal on giving up. The test knows which sequence each
+/// request went under, and a request slowed by a busy machine is answered rather than
+/// committed behind a terminal that gave up.
+pub fn one_attempt() -> ClientConfig {
+    ClientConfig {
+        reverse_on_give_up: false,
+        attempts_max: 1,
+        answer_timeout: Duration::from_secs(30),
+        ..ClientConfig::default()
     }
 }
 
@@ -140,6 +154,17 @@ pub fn outcome(answer: &Answer) -> (AnswerCode, u64) {
 }
 
 impl Campus {
+    /// Both canteen windows and `extra` more, created alternately on each canteen's
+    /// merchant with keys from `first_seed` on: the load of the lunch-peak tests.
+    pub fn windows(&self, extra: u8, first_seed: u8) -> Vec<TerminalSpec> {
+        let mut windows = vec![self.canteen.clone(), self.other_canteen.clone()];
+        for n in 0..extra {
+            let canteen = if n % 2 == 0 { &self.canteen } else { &self.other_canteen };
+            windows.push(terminal(&self.admin, canteen.merchant_id, first_seed + n));
+        }
+        windows
+    }
+
     /// Starts a server on a fresh directory and builds the campus with `cards`
     /// funded cards.
     pub async fn build(label: &str, cards: u64, extra: &[&str]) -> Self {
