@@ -28,6 +28,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use onecard_engine::Ledger;
+use onecard_engine::store::Store;
 use onecard_engine::workflow::Workflows;
 
 use crate::config::{Config, Settings};
@@ -355,11 +356,19 @@ fn init_logging(json: bool) {
     }
 }
 
+/// Verifies the store from disk alone: it opens RocksDB and none of the ledger's
+/// loading, so a corrupt block is reported by name rather than failing the start.
 fn verify(config: &Config) -> anyhow::Result<()> {
-    let ledger = open_offline(config)?;
-    let report = ledger.verify().context("reading the ledger")?;
+    let path = &config.data_dir;
+    anyhow::ensure!(path.join("CURRENT").is_file(), "there is no ledger in {}", path.display());
+    let store = Store::open(path, config.ledger.shards).with_context(|| {
+        format!(
+            "opening the ledger in {} (is `onecard serve` running on it? stop it, or use the API)",
+            path.display()
+        )
+    })?;
+    let report = onecard_engine::verify::verify(&store, None).context("reading the ledger")?;
     println!("{report}");
-    ledger.close();
     anyhow::ensure!(report.is_clean(), "the ledger failed verification");
     Ok(())
 }

@@ -323,11 +323,7 @@ pub fn verify(data_dir: &Path) -> String {
 /// If the binary cannot run or exits non-zero (its output is in the message).
 #[must_use]
 pub fn run_onecard(args: &[&str]) -> String {
-    let output = Command::new(onecard_binary())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run onecard");
+    let output = run_onecard_to_end(args);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -335,6 +331,15 @@ pub fn run_onecard(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     text
+}
+
+/// Runs the `onecard` binary with `args` to its end, whatever its exit status.
+///
+/// # Panics
+/// If the binary cannot run.
+#[must_use]
+pub fn run_onecard_to_end(args: &[&str]) -> std::process::Output {
+    Command::new(onecard_binary()).args(args).env("RUST_LOG", "warn").output().expect("run onecard")
 }
 
 /// A value of one series in Prometheus text, `name{labels}` exactly as printed (labels

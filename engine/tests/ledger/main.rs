@@ -5,6 +5,7 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 mod concurrency;
+mod corruption;
 mod faults;
 mod model;
 mod rules;

@@ -160,6 +160,8 @@ pub struct VerifyJson {
     debits_yuan: String,
     credits_yuan: String,
     card_pool_yuan: String,
+    sst_files: u64,
+    keys_checked: u64,
     problems: Vec<String>,
 }
 
@@ -182,6 +184,8 @@ pub async fn verify(State(state): State<AppState>, caller: Caller) -> ApiResult<
         debits_yuan: yuan(report.debits_fen),
         credits_yuan: yuan(report.credits_fen),
         card_pool_yuan: yuan(report.card_pool_fen),
+        sst_files: report.sst_files,
+        keys_checked: report.keys_checked,
         problems: report.problems,
     }))
 }

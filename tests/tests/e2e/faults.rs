@@ -2,8 +2,9 @@
 //! purchase is approved that did not reach the disk, every journal that tries to write
 //! refuses work, `/readyz` and the metrics say so, and a restart comes back clean.
 
+use onecard_engine::store::Store;
 use onecard_protocol::AnswerCode;
-use onecard_tests::{Server, metric};
+use onecard_tests::{Server, metric, run_onecard_to_end};
 
 use crate::support::{Campus, FUNDED_FEN, balance_fen, outcome, purchase};
 
@@ -71,4 +72,45 @@ async fn a_full_disk_refuses_work_says_so_and_a_restart_comes_back_clean() {
     assert_eq!(code, AnswerCode::Approved);
     assert!(server.stop().success());
     drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onecard_verify_names_a_flipped_byte_in_an_sst_file_and_exits_non_zero() {
+    let campus = Campus::build("fault-corrupt-sst", 5, &[]).await;
+    let Campus { server, dir, cards, canteen, .. } = campus;
+    let window = canteen.connect(&server).await;
+    for card in &cards {
+        let (code, _) = outcome(&window.call(purchase(*card, 1_00)).await.expect("answered"));
+        assert_eq!(code, AnswerCode::Approved);
+    }
+    drop(window);
+    assert!(server.stop().success());
+    // The stopped ledger's journals in SST files, as hours of running leave them.
+    let journal = {
+        let store = Store::open(dir.path(), 1).expect("opens");
+        for family in store.family_names() {
+            store.db().flush_cf(store.cf(family)).expect("flushes");
+        }
+        let files = store.db().live_files().expect("lists");
+        let file = files
+            .iter()
+            .find(|f| f.column_family_name.starts_with("journal-") && f.num_entries > 5)
+            .expect("a journal's file");
+        (file.column_family_name.clone(), file.name.trim_start_matches('/').to_owned())
+    };
+    let (family, journal) = journal;
+    let data_dir = dir.path().to_str().expect("UTF-8");
+    let clean = run_onecard_to_end(&["verify", "--data-dir", data_dir]);
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stdout));
+
+    let path = dir.path().join(&journal);
+    let mut bytes = std::fs::read(&path).expect("reads");
+    bytes[40] ^= 0x01;
+    std::fs::write(&path, bytes).expect("writes");
+    let corrupt = run_onecard_to_end(&["verify", "--data-dir", data_dir]);
+    let report = String::from_utf8_lossy(&corrupt.stdout);
+    assert_eq!(corrupt.status.code(), Some(1), "{report}");
+    assert!(report.contains(&format!("column family {family}: Corruption")), "{report}");
+    assert!(report.contains(&journal), "names the file {journal}: {report}");
+    assert!(String::from_utf8_lossy(&corrupt.stderr).contains("failed verification"));
 }
