@@ -87,8 +87,13 @@ pub struct TerminalRecord {
     pub id: u32,
     /// The merchant it posts for.
     pub merchant_id: u32,
-    /// The terminal key, hex.
-    pub key: String,
+    /// The terminal key sealed with the master key, hex (`sealing`).
+    #[serde(default)]
+    pub sealed_key: String,
+    /// The key in the clear, as builds before sealing stored it; the store's next
+    /// open seals it and drops this.
+    #[serde(default, rename = "key", skip_serializing_if = "Option::is_none")]
+    pub clear_key: Option<String>,
     /// A disabled terminal is refused.
     pub enabled: bool,
 }

@@ -45,6 +45,7 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::postings::{Postings, index_key};
+use crate::sealing::{MasterKey, SealError};
 use crate::settlement::MealHours;
 use crate::shard::{
     Command, RecoveredShard, ShardStats, ShardWriter, Submission, TerminalState, rebuild_window,
@@ -71,6 +72,9 @@ pub struct LedgerConfig {
     pub clock: Clock,
     /// Where one meal period ends and the next begins, for settlement.
     pub meal_hours: MealHours,
+    /// Seals terminal keys at rest (`sealing`); a store must be opened with the key
+    /// it was sealed with.
+    pub master_key: MasterKey,
 }
 
 impl LedgerConfig {
@@ -97,6 +101,9 @@ impl Default for LedgerConfig {
             cutover_minutes: 0,
             clock: Clock::System,
             meal_hours: MealHours::default(),
+            // A fresh key: a store made with the default is opened again only with
+            // the same config (ops reads the key from its file or the environment).
+            master_key: MasterKey::generate().expect("the system gives randomness"),
         }
     }
 }
@@ -114,6 +121,9 @@ pub enum LedgerError {
     /// A write at open (the dates it closes) failed.
     #[error("write failed: {0}")]
     Write(#[from] StorageError),
+    /// A terminal's key does not open with the master key given.
+    #[error(transparent)]
+    Sealing(#[from] SealError),
     /// A stored record is not what this build writes.
     #[error("corrupt {what}: {detail}")]
     Corrupt {
@@ -211,8 +221,8 @@ pub enum ControlError {
         /// The limit.
         max: usize,
     },
-    /// The system has no randomness for a PIN salt.
-    #[error("no randomness for a PIN salt")]
+    /// The system has no randomness for a PIN salt or a key's sealing nonce.
+    #[error("no randomness for a PIN salt or a sealing nonce")]
     Random,
 }
 
@@ -468,7 +478,7 @@ impl Ledger {
             blacklist_version: 0,
             last_date: 0,
         };
-        Self::load_control(&store, &directory, &cards, &mut control)?;
+        Self::load_control(&store, &config.master_key, &directory, &cards, &mut control)?;
         if let Some(last) = last_batch(&store, CONTROL_JOURNAL)? {
             control.next_transfer_id = last.next_transfer_id();
             control.next_batch = last.number + 1;
@@ -533,6 +543,7 @@ impl Ledger {
 
     fn load_control(
         store: &Store,
+        master_key: &MasterKey,
         directory: &Directory,
         cards: &CardTable,
         control: &mut ControlState,
@@ -557,6 +568,7 @@ impl Ledger {
         }
         let mut merchants = HashMap::new();
         let mut accounts: HashMap<u64, Arc<CardAccount>> = HashMap::new();
+        let mut unsealed = WriteBatch::default();
         for item in db.iterator_cf(cf, IteratorMode::Start) {
             let (key, value) = item?;
             match key.first().copied() {
@@ -574,7 +586,16 @@ impl Ledger {
                         corrupt("terminal", format!("merchant {}", record.merchant_id))
                     })?;
                     control.next_terminal = control.next_terminal.max(record.id + 1);
-                    directory.insert_terminal(terminal_from(&record, merchant, directory)?);
+                    let terminal = terminal_from(&record, merchant, master_key, directory)?;
+                    if record.clear_key.is_some() {
+                        let sealed = TerminalRecord {
+                            sealed_key: master_key.seal(record.id, &terminal.key())?,
+                            clear_key: None,
+                            ..record
+                        };
+                        unsealed.put_cf(cf, key.as_ref(), json(&sealed));
+                    }
+                    directory.insert_terminal(terminal);
                 }
                 Some(control_key::ACCOUNT) => {
                     let record: AccountRecord =
@@ -605,6 +626,12 @@ impl Ledger {
                 }
                 _ => {}
             }
+        }
+        if !unsealed.is_empty() {
+            // A store from before sealing: its keys are sealed now, in one synced write.
+            let count = unsealed.len();
+            store.write_synced(CONTROL_JOURNAL, unsealed)?;
+            tracing::info!(terminals = count, "terminal keys sealed with the master key");
         }
         Ok(())
     }
@@ -1039,11 +1066,22 @@ impl Ledger {
             .ok_or(ControlError::UnknownMerchant(merchant_id))?;
         let mut control = self.control();
         let id = control.next_terminal;
-        let record = TerminalRecord { id, merchant_id, key: key.to_hex(), enabled: true };
+        let record = TerminalRecord {
+            id,
+            merchant_id,
+            sealed_key: self.config().master_key.seal(id, key).map_err(|_| ControlError::Random)?,
+            clear_key: None,
+            enabled: true,
+        };
         self.write_terminal_record(&record)?;
         control.next_terminal += 1;
-        let terminal = terminal_from(&record, &merchant, &self.shared.directory)
-            .map_err(|_| ControlError::UnknownTerminal(id))?;
+        let terminal = Terminal::new(
+            id,
+            &merchant,
+            self.shared.directory.merchant_flag(merchant.id),
+            key.clone(),
+            true,
+        );
         self.shared.directory.insert_terminal(terminal);
         Ok(record)
     }
@@ -1097,7 +1135,12 @@ impl Ledger {
         let record = TerminalRecord {
             id: terminal.id,
             merchant_id: terminal.merchant_id,
-            key: key.to_hex(),
+            sealed_key: self
+                .config()
+                .master_key
+                .seal(terminal.id, key)
+                .map_err(|_| ControlError::Random)?,
+            clear_key: None,
             enabled,
         };
         self.write_terminal_record(&record)
@@ -2236,12 +2279,18 @@ fn put_blacklist(
     write.put_cf(cf, prefixed_key(control_key::BLACKLIST, &version.to_be_bytes()), value);
 }
 
+/// The terminal a stored record describes, its key opened with the master key (or,
+/// from a store written before sealing, read in the clear).
 fn terminal_from(
     record: &TerminalRecord,
     merchant: &MerchantRecord,
+    master_key: &MasterKey,
     directory: &Directory,
 ) -> Result<Terminal, LedgerError> {
-    let key = TerminalKey::from_hex(&record.key).map_err(|e| corrupt("terminal key", e))?;
+    let key = match &record.clear_key {
+        Some(clear) => TerminalKey::from_hex(clear).map_err(|e| corrupt("terminal key", e))?,
+        None => master_key.open(record.id, &record.sealed_key)?,
+    };
     Ok(Terminal::new(
         record.id,
         merchant,

@@ -19,6 +19,7 @@
 //! - [`reconcile`] — internal reconciliation of a closed business date.
 //! - [`statement`] — a top-up channel's statement matched against our top-ups.
 //! - [`adjustment`] — approved correcting transfers, posted exactly once.
+//! - [`sealing`] — terminal keys sealed with the master key before they are stored.
 //! - [`verify`] — proving the invariants from disk.
 //! - [`workflow`] — approval workflows and their exactly-once ledger effects.
 //! - [`metrics`] — the Prometheus metrics the engine keeps.
@@ -39,6 +40,7 @@ pub mod limits;
 pub mod metrics;
 pub mod postings;
 pub mod reconcile;
+pub mod sealing;
 pub mod settlement;
 pub mod shard;
 pub mod statement;

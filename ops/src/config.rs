@@ -142,6 +142,14 @@ pub struct Settings {
     #[arg(long, env = "ONECARD_LOCKOUT_SECS")]
     pub lockout_secs: Option<u64>,
 
+    /// File holding the master key that seals terminal keys at rest, 64 hex digits,
+    /// mode 600 (or 640 with the service's group); created at the first start if
+    /// missing. Keep a copy apart from the data and the backups. The environment
+    /// variable ONECARD_MASTER_KEY, holding the key itself, beats it.
+    /// [default: <data_dir>/master.key]
+    #[arg(long, env = "ONECARD_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
     /// A bearer token Prometheus presents to scrape /metrics. Unset: /metrics is open,
     /// like the health checks (bind the admin port to the management network).
     #[arg(long, env = "ONECARD_METRICS_TOKEN")]
@@ -200,6 +208,7 @@ impl Settings {
             password_max_age_days,
             login_failures_max,
             lockout_secs,
+            master_key_file,
             metrics_token,
             log_json,
             demo,
@@ -260,6 +269,8 @@ pub struct Config {
     pub terminal_offline_after: Duration,
     /// Operators and tokens.
     pub auth: AuthConfig,
+    /// Where the ledger's master key came from.
+    pub master_key_source: crate::master_key::Source,
     /// The token /metrics asks for, if any.
     pub metrics_token: Option<String>,
     /// JSON logs.
@@ -362,6 +373,11 @@ impl Config {
                     .map_err(|message| anyhow::anyhow!("term end: {message}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let master_key_file =
+            settings.master_key_file.unwrap_or_else(|| data_dir.join("master.key"));
+        let env_key = std::env::var(crate::master_key::MASTER_KEY_ENV).ok();
+        let (master_key, master_key_source) =
+            crate::master_key::resolve(env_key.as_deref(), &master_key_file)?;
         let backup_keep = settings.backup_keep.unwrap_or(BACKUPS_KEPT_MIN);
         anyhow::ensure!(
             backup_keep >= BACKUPS_KEPT_MIN,
@@ -400,7 +416,9 @@ impl Config {
                 cutover_minutes: settings.cutover.as_deref().map_or(Ok(0), cutover_minutes)?,
                 clock: Clock::System,
                 meal_hours,
+                master_key,
             },
+            master_key_source,
             front_door,
             terminal_offline_after: secs(settings.terminal_offline_after_secs.unwrap_or(120)),
             auth,

@@ -223,12 +223,16 @@ pub fn build(
     for merchant in &plan {
         let record = ledger.create_merchant(&merchant.name, merchant.category, merchant.rate)?;
         for _ in 0..merchant.terminals {
-            let terminal = ledger.create_terminal(record.id, &random_key()?)?;
+            let key = random_key()?;
+            let terminal = ledger.create_terminal(record.id, &key)?;
             terminal_count += 1;
             let category = crate::api::snake(record.category);
             terminals_csv.push_str(&format!(
                 "{},{},{category},{},{}\n",
-                terminal.id, record.id, record.shard, terminal.key
+                terminal.id,
+                record.id,
+                record.shard,
+                key.to_hex()
             ));
             if record.category == MerchantCategory::CardCentre {
                 card_centre_terminals.push(terminal.id);

@@ -1,25 +1,9 @@
-//! `onecard`: the binary that wires the engine to its store, its ports and its operators.
-//!
-//! # Layout
-//! - `main.rs` — the command line and the `serve`, `verify`, `cutover` and `settle`
-//!   commands.
-//! - `config.rs` — the configuration: file, flags, environment.
-//! - `api/` — the admin and finance HTTP API, /metrics and health.
-//! - `operators.rs` — operators of the API and their passwords.
-//! - `demo.rs` — the demo campus.
-//! - `settlement_files.rs` — the settlement files finance pulls.
-//! - `day.rs` — the day cutover and settlement, on a schedule inside `serve`.
-//! - `channels.rs` — top-up channels' statement files, their adapters and reports.
-//! - `backup.rs` — backups: taken, mirrored offsite, kept, verified, restored.
+//! `onecard`: the binary that wires the engine to its store, its ports and its
+//! operators: the command line and the `serve`, `verify`, `cutover`, `settle`,
+//! `reconcile` and `backup` commands. What it wires is in the `onecard_ops` library
+//! (`lib.rs`).
 
-mod api;
-mod backup;
-mod channels;
-mod config;
-mod day;
-mod demo;
-mod operators;
-mod settlement_files;
+use onecard_ops::{api, backup, channels, config, day, demo, master_key, operators};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -247,14 +231,13 @@ fn backup_command(command: BackupCommand) -> anyhow::Result<()> {
     };
     match command {
         BackupCommand::Create { .. } => {
-            let ledger =
-                Ledger::open(&config.data_dir, config.ledger.clone()).with_context(|| {
-                    format!(
-                        "opening the ledger in {} (is `onecard serve` running on it? it backs up \
+            let ledger = open_ledger(&config).with_context(|| {
+                format!(
+                    "opening the ledger in {} (is `onecard serve` running on it? it backs up \
                      daily by itself, and at once on POST /api/backups)",
-                        config.data_dir.display()
-                    )
-                })?;
+                    config.data_dir.display()
+                )
+            })?;
             let taken = backup::create(ledger.store().db(), backups);
             ledger.close();
             let info = taken?;
@@ -336,8 +319,21 @@ fn reconcile(args: Box<ReconcileArgs>) -> anyhow::Result<()> {
 
 /// Opens the ledger for a one-off command; a running server holds the store's lock,
 /// and then the command says so.
+/// Opens the ledger with the configured master key, writing the key's file first if it
+/// is new (and removing it again if the ledger refuses it: a store sealed with another
+/// key must not leave a wrong key file behind).
+fn open_ledger(config: &Config) -> anyhow::Result<Ledger> {
+    let created = master_key::create_if_new(&config.ledger.master_key, &config.master_key_source)?;
+    Ledger::open(&config.data_dir, config.ledger.clone()).map_err(|error| {
+        if let Some(path) = created {
+            let _ = std::fs::remove_file(path);
+        }
+        anyhow::Error::from(error)
+    })
+}
+
 fn open_offline(config: &Config) -> anyhow::Result<Ledger> {
-    Ledger::open(&config.data_dir, config.ledger.clone()).with_context(|| {
+    open_ledger(config).with_context(|| {
         format!(
             "opening the ledger in {} (is `onecard serve` running on it? stop it, or use the API)",
             config.data_dir.display()
@@ -420,7 +416,7 @@ fn bootstrap_admin(operators: &Operators, data_dir: &Path) -> anyhow::Result<()>
 fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let ledger = Arc::new(
-        Ledger::open(&config.data_dir, config.ledger.clone())
+        open_ledger(&config)
             .with_context(|| format!("opening the ledger in {}", config.data_dir.display()))?,
     );
     tracing::info!(

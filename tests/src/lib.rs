@@ -141,6 +141,26 @@ impl Server {
     /// If the process does not start or does not get ready in time.
     #[must_use]
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(data_dir, extra, env, Stdio::inherit())
+    }
+
+    /// Starts `onecard serve` with its log (stderr) written to `log`, for tests that
+    /// read what it logged.
+    ///
+    /// # Panics
+    /// As [`Server::start_with_env`], or if the log file cannot be created.
+    #[must_use]
+    pub fn start_logging_to(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Self {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn(data_dir, extra, env, Stdio::from(file))
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
         let mut child = Command::new(onecard_binary())
             .args(["serve", "--terminal-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -151,7 +171,7 @@ impl Server {
             .env("ONECARD_BACKUP_AT", "off")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn onecard");
         let stdout = child.stdout.take().expect("piped stdout");

@@ -12,13 +12,14 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clap::Parser;
 use onecard_benches::campus::{Campus, Rng, Spec, TempDir, purchase};
 use onecard_engine::directory::MerchantCategory;
+use onecard_engine::sealing::MasterKey;
 use onecard_engine::{Ledger, LedgerConfig, Submission};
 use onecard_protocol::{AnswerCode, MacAlgorithm};
 
@@ -55,12 +56,14 @@ fn main() -> Result<(), String> {
             temp.path().to_owned()
         }
     };
+    let master_key = master_key(&path)?;
     let built = path.join("CURRENT").exists();
     if !built {
-        build(&args, &path)?;
+        build(&args, &path, &master_key)?;
     } else if args.extend > 0 {
         let started = Instant::now();
-        let config = LedgerConfig { sync: false, ..LedgerConfig::default() };
+        let config =
+            LedgerConfig { sync: false, master_key: master_key.clone(), ..LedgerConfig::default() };
         let ledger = Ledger::open(&path, config).map_err(|e| e.to_string())?;
         drive(&ledger, args.cards, args.extend, started)?;
         ledger.close();
@@ -72,7 +75,8 @@ fn main() -> Result<(), String> {
     }
     for round in 1..=3 {
         let started = Instant::now();
-        let ledger = Ledger::open(&path, LedgerConfig::default()).map_err(|e| e.to_string())?;
+        let config = LedgerConfig { master_key: master_key.clone(), ..LedgerConfig::default() };
+        let ledger = Ledger::open(&path, config).map_err(|e| e.to_string())?;
         let opened = started.elapsed();
         let shards = ledger.health().len();
         println!(
@@ -94,10 +98,24 @@ fn main() -> Result<(), String> {
     Ok(())
 }
 
-fn build(args: &Args, path: &std::path::Path) -> Result<(), String> {
+/// The store's master key, kept in a file beside it so a store built by one run
+/// reopens in the next.
+fn master_key(path: &Path) -> Result<MasterKey, String> {
+    let file = path.join("bench-master.key");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        return MasterKey::from_hex(&text).map_err(|e| e.to_string());
+    }
+    let key = MasterKey::generate().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+    std::fs::write(&file, key.to_hex()).map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
+fn build(args: &Args, path: &Path, master_key: &MasterKey) -> Result<(), String> {
     let started = Instant::now();
     // Building is not what is measured: commits are not synced while it runs.
-    let config = LedgerConfig { sync: false, ..LedgerConfig::default() };
+    let config =
+        LedgerConfig { sync: false, master_key: master_key.clone(), ..LedgerConfig::default() };
     let ledger = Ledger::open(path, config).map_err(|e| e.to_string())?;
     let spec = Spec {
         cards: args.cards,

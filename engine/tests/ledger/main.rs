@@ -9,6 +9,7 @@ mod corruption;
 mod faults;
 mod model;
 mod rules;
+mod sealing;
 mod settlement;
 mod statement;
 mod support;

@@ -9,6 +9,7 @@ mod faults;
 mod front_door;
 mod loadtest;
 mod monitoring;
+mod secrets;
 mod settlement;
 mod shutdown;
 mod support;
