@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{Sender, TrySendError, bounded};
+use onecard_protocol::limits::SEQUENCE_JUMP_MAX;
 use onecard_protocol::message::{
     BlacklistAnswer, BlacklistEntry, HeartbeatAnswer, SignOffAnswer, SignOnAnswer,
 };
@@ -657,6 +658,9 @@ impl Ledger {
                     // A terminal that lost its counter: the answer tells it where to
                     // resume, and it signs on again above that.
                     AnswerCode::StaleSequence
+                } else if submission.sequence > last_sequence.saturating_add(SEQUENCE_JUMP_MAX) {
+                    // Nor may it leap to the top of its sequence space.
+                    AnswerCode::SequenceJump
                 } else {
                     AnswerCode::Approved
                 };

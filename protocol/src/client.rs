@@ -233,8 +233,9 @@ impl TerminalClient {
             blacklist_version: client.config.blacklist_version,
             software_version: client.config.software_version,
         });
-        // A terminal that lost its counter is told the server's last sequence in the
-        // refusal; it signs on once more above it.
+        // A terminal that lost its counter (or whose counter leapt too far ahead) is
+        // told the server's last sequence in the refusal; it signs on once more just
+        // above it.
         for _ in 0..2 {
             let answer = match client.call(request.clone()).await? {
                 Answer::SignOn(answer) => answer,
@@ -245,8 +246,8 @@ impl TerminalClient {
                     client.sign_on = answer;
                     return Ok(client);
                 }
-                AnswerCode::StaleSequence => {
-                    client.next_sequence.fetch_max(answer.last_sequence + 1, Ordering::Relaxed);
+                AnswerCode::StaleSequence | AnswerCode::SequenceJump => {
+                    client.next_sequence.store(answer.last_sequence + 1, Ordering::Relaxed);
                 }
                 code => return Err(ClientError::SignOnRefused(code)),
             }

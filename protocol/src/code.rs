@@ -118,6 +118,10 @@ wire_enum! {
         ChannelNotAllowed = 32,
         /// A reversal's card or amount differs from the request it names.
         ReversalMismatch = 33,
+        /// The sequence jumps more than `SEQUENCE_JUMP_MAX` above the highest the
+        /// server has seen; nothing happened. A sign-on's answer carries the last
+        /// sequence to resume above.
+        SequenceJump = 34,
     }
 }
 

@@ -23,6 +23,12 @@ pub const FRAME_BYTES_MAX: usize = 8 * 1024;
 /// The largest body a frame can carry.
 pub const BODY_BYTES_MAX: usize = FRAME_BYTES_MAX - FRAME_BYTES_MIN;
 
+/// How far above the highest sequence the server has seen from a terminal a new
+/// request may jump: gaps are allowed (a terminal skips what it never sent), but one
+/// frame may not spend the terminal's sequence space and leave it nothing above. Ten
+/// million is some five thousand days of a busy canteen window.
+pub const SEQUENCE_JUMP_MAX: u64 = 10_000_000;
+
 /// Transactions in one offline upload. A terminal with more sends several uploads.
 pub const OFFLINE_RECORDS_MAX: usize = 64;
 

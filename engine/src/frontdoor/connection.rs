@@ -31,7 +31,7 @@ use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use onecard_protocol::frame::{self, Envelope, Frame, Header};
-use onecard_protocol::limits::PIPELINE_REQUESTS_MAX;
+use onecard_protocol::limits::{PIPELINE_REQUESTS_MAX, SEQUENCE_JUMP_MAX};
 use onecard_protocol::message::Reject;
 use onecard_protocol::{
     Answer, AnswerCode, Body as _, FrameCodec, FrameError, MacKey, MessageType, Request,
@@ -347,6 +347,17 @@ impl Connection {
             return None;
         };
         let highest = session_highest.max(terminal.last_sequence.load(Ordering::Acquire));
+        if header.sequence > highest.saturating_add(SEQUENCE_JUMP_MAX) {
+            self.reject(
+                envelope,
+                Some(&key),
+                AnswerCode::SequenceJump,
+                refused_type,
+                Some(kind),
+                arrived,
+            );
+            return None;
+        }
         match request {
             Request::Heartbeat(_) | Request::BlacklistDownload(_) | Request::SignOff => {
                 // No money moves, so no retries: a sequence not above the highest is

@@ -31,6 +31,7 @@ mod settlement;
 mod workflows;
 
 pub use reconcile::fen_as_yuan;
+pub use workflows::subsidy_rows_from_csv;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

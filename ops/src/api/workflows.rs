@@ -115,7 +115,7 @@ pub struct CsvQuery {
 /// `card_number,amount_yuan,purse,reason`, one subsidy a line; `purse` is `main` or
 /// `restricted` (empty: main). A line that cannot be read refuses the upload, named by
 /// its line number; a card that cannot take the subsidy is reported when it posts.
-fn subsidy_rows_from_csv(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
+pub fn subsidy_rows_from_csv(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
     let bad =
         |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_form", message);
     let body = body.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(body);

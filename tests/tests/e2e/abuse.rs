@@ -185,3 +185,166 @@ async fn a_thousand_idle_connections_and_a_client_that_never_reads_do_not_stop_t
     assert_eq!(balance_fen(&campus.admin, card), FUNDED_FEN - 2_000);
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_that_jump_or_wrap_are_refused_counted_and_the_terminal_goes_on() {
+    use onecard_protocol::limits::SEQUENCE_JUMP_MAX;
+    let campus = Campus::build("sequence-jump", 1, &[]).await;
+    let card = campus.cards[0];
+    let canteen = &campus.canteen;
+    let mut stream = connect(&campus);
+    stream.write_all(&signed(canteen.id, 1, &canteen.key, &sign_on())).expect("write");
+    stream.write_all(&signed(canteen.id, 2, &canteen.key, &purchase(card, 100))).expect("write");
+    assert_eq!(
+        read_answers(&mut stream, 2),
+        [(0x8001, code(AnswerCode::Approved)), (0x8003, code(AnswerCode::Approved))]
+    );
+    // A leap past the bound, and one to the very top: refused, nothing spent.
+    for sequence in [2 + SEQUENCE_JUMP_MAX + 1, u64::MAX] {
+        let frame = signed(canteen.id, sequence, &canteen.key, &purchase(card, 100));
+        stream.write_all(&frame).expect("write");
+        assert_eq!(read_answers(&mut stream, 1), [(REJECT, code(AnswerCode::SequenceJump))]);
+    }
+    // Wrapped round to zero: below the highest, never seen, so stale.
+    stream.write_all(&signed(canteen.id, 0, &canteen.key, &purchase(card, 100))).expect("write");
+    assert_eq!(read_answers(&mut stream, 1), [(0x8003, code(AnswerCode::StaleSequence))]);
+    // A gap within the bound is a gap: the terminal goes on above it.
+    let next = 2 + SEQUENCE_JUMP_MAX;
+    stream.write_all(&signed(canteen.id, next, &canteen.key, &purchase(card, 100))).expect("write");
+    assert_eq!(read_answers(&mut stream, 1), [(0x8003, code(AnswerCode::Approved))]);
+    // A sign-on at the top of the space is told where to resume, and resumes there.
+    let mut again = connect(&campus);
+    again.write_all(&signed(canteen.id, u64::MAX, &canteen.key, &sign_on())).expect("write");
+    assert_eq!(read_answers(&mut again, 1), [(0x8001, code(AnswerCode::SequenceJump))]);
+    let client = canteen.connect_with(&campus.server, crate::support::one_attempt()).await;
+    let answer = client.call(purchase(card, 100)).await.expect("answered");
+    assert_eq!(outcome(&answer).0, AnswerCode::Approved);
+
+    assert_eq!(balance_fen(&campus.admin, card), FUNDED_FEN - 300, "three purchases, once each");
+    let metrics = campus.server.metrics();
+    let jumps = r#"onecard_terminal_frames_refused_total{reason="sequence_jump"}"#;
+    assert_eq!(metric(&metrics, jumps), Some(2.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_terminal_key_on_two_connections_at_once_moves_each_purchase_once() {
+    let campus = Campus::build("two-connections", 1, &[]).await;
+    let card = campus.cards[0];
+    let canteen = &campus.canteen;
+    let (mut first, mut second) = (connect(&campus), connect(&campus));
+    first.write_all(&signed(canteen.id, 1, &canteen.key, &sign_on())).expect("write");
+    assert_eq!(read_answers(&mut first, 1), [(0x8001, code(AnswerCode::Approved))]);
+    second.write_all(&signed(canteen.id, 2, &canteen.key, &sign_on())).expect("write");
+    assert_eq!(read_answers(&mut second, 1), [(0x8001, code(AnswerCode::Approved))]);
+    // Purchases from both, interleaved under one sequence space.
+    let purchases: Vec<Vec<u8>> = (3..9)
+        .map(|sequence| signed(canteen.id, sequence, &canteen.key, &purchase(card, 100)))
+        .collect();
+    for (n, frame) in purchases.iter().enumerate() {
+        let stream = if n % 2 == 0 { &mut first } else { &mut second };
+        stream.write_all(frame).expect("write");
+        assert_eq!(read_answers(stream, 1), [(0x8003, code(AnswerCode::Approved))], "#{n}");
+    }
+    // Each one sent again on the other connection: its original answer, nothing moves.
+    for (n, frame) in purchases.iter().enumerate() {
+        let stream = if n % 2 == 0 { &mut second } else { &mut first };
+        stream.write_all(frame).expect("write");
+        assert_eq!(read_answers(stream, 1), [(0x8003, code(AnswerCode::Duplicate))], "#{n}");
+    }
+    // Both send the same new sequence at once: one decides it, the other is a duplicate.
+    let racing = signed(canteen.id, 9, &canteen.key, &purchase(card, 100));
+    first.write_all(&racing).expect("write");
+    second.write_all(&racing).expect("write");
+    let mut codes = [read_answers(&mut first, 1)[0].1, read_answers(&mut second, 1)[0].1];
+    codes.sort_unstable();
+    assert_eq!(codes, [code(AnswerCode::Approved), code(AnswerCode::Duplicate)]);
+    assert_eq!(balance_fen(&campus.admin, card), FUNDED_FEN - 700, "seven purchases, once each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_storm_on_one_card_from_every_shard_spends_it_exactly_once() {
+    let campus = Campus::build("storm", 1, &["--shards", "2"]).await;
+    let card = campus.cards[0];
+    let windows = campus.windows(6, 40);
+    let mut storms = Vec::new();
+    for window in &windows {
+        let client = window.connect_with(&campus.server, crate::support::one_attempt()).await;
+        storms.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            for _ in 0..20 {
+                let answer = client.call(purchase(card, 100)).await.expect("answered");
+                codes.push(outcome(&answer).0);
+            }
+            codes
+        }));
+    }
+    let mut approved = 0;
+    for storm in storms {
+        for answer in storm.await.expect("a storm") {
+            match answer {
+                AnswerCode::Approved => approved += 1,
+                AnswerCode::InsufficientFunds => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // 160 purchases of one yuan at a card holding one hundred: exactly one hundred.
+    assert_eq!(approved, FUNDED_FEN / 100);
+    assert_eq!(balance_fen(&campus.admin, card), 0);
+    let (status, report) = campus.admin.get("/api/verify");
+    assert_eq!((status, &report["clean"]), (200, &serde_json::json!(true)), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_writer_is_cut_off_and_a_flood_beyond_the_cap_waits_its_turn() {
+    let extra = [
+        "--terminal-connections-max",
+        "20",
+        "--terminal-idle-timeout-secs",
+        "2",
+        "--frame-read-timeout-secs",
+        "1",
+    ];
+    let campus = Campus::build("flood", 1, &extra).await;
+    let card = campus.cards[0];
+    let closed = |reason: &str| {
+        let series = format!("onecard_terminal_connections_closed_total{{reason=\"{reason}\"}}");
+        metric(&campus.server.metrics(), &series).unwrap_or(0.0)
+    };
+    // Slowloris: a frame begun and fed a byte at a time, slower than the read timeout.
+    let mut slow = connect(&campus);
+    let frame = signed(campus.canteen.id, 1, &campus.canteen.key, &sign_on());
+    slow.write_all(&frame[..6]).expect("write");
+    let mut cut_off = false;
+    for byte in &frame[6..] {
+        std::thread::sleep(Duration::from_millis(400));
+        if slow.write_all(std::slice::from_ref(byte)).is_err() {
+            cut_off = true;
+            break;
+        }
+        let mut probe = [0u8; 1];
+        slow.set_read_timeout(Some(Duration::from_millis(1))).expect("timeout");
+        if matches!(slow.read(&mut probe), Ok(0)) {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "the slow writer is closed before its frame is whole");
+    assert!(closed("slow_frame") >= 1.0);
+
+    // Three times the cap in silent connections: the server holds the cap, the rest
+    // wait in the kernel's backlog, and each is closed when idle.
+    let rss_before = campus.server.rss_bytes();
+    let flood: Vec<TcpStream> = (0..60).map(|_| connect(&campus)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let open = metric(&campus.server.metrics(), "onecard_terminal_connections_open");
+    assert_eq!(open, Some(20.0), "the cap holds");
+    // An honest terminal queued behind them is served once the idle ones are closed.
+    let client = campus.canteen.connect_with(&campus.server, crate::support::one_attempt()).await;
+    let answer = client.call(purchase(card, 100)).await.expect("answered");
+    assert_eq!(outcome(&answer).0, AnswerCode::Approved);
+    assert!(closed("idle") >= 40.0, "the flood was closed as idle, and counted");
+    let rss_after = campus.server.rss_bytes();
+    assert!(rss_after < rss_before + 64 * 1024 * 1024, "{rss_before} -> {rss_after}");
+    drop(flood);
+}
