@@ -133,6 +133,11 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Terminal connections accepted since start.
     pub connections_accepted: IntCounter,
+    /// The cap on terminal connections served at once.
+    pub connections_max: IntGauge,
+    /// Times every connection slot was taken, so new connections waited in the
+    /// kernel's backlog.
+    pub connections_at_cap: IntCounter,
     /// Terminal connections closed, by reason.
     connections_closed: Vec<IntCounter>,
     /// Frames refused with a `Reject`, by answer code.
@@ -308,6 +313,19 @@ impl Metrics {
                     "Terminal connections accepted.",
                 )
                 .expect("accepted counter"),
+            ),
+            connections_max: gauge(
+                "onecard_terminal_connections_max",
+                "The cap on terminal connections served at once (terminal_connections_max).",
+            ),
+            connections_at_cap: register(
+                &registry,
+                IntCounter::new(
+                    "onecard_terminal_connections_at_cap_total",
+                    "Times every terminal connection slot was taken, so new connections \
+                     waited in the kernel's backlog.",
+                )
+                .expect("at-cap counter"),
             ),
             connections_closed,
             frames_refused,

@@ -74,10 +74,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.connections_max.max(1)));
+    let metrics = Arc::clone(ledger.metrics());
+    metrics.connections_max.set(i64::try_from(config.connections_max).unwrap_or(i64::MAX));
     // Every connection task holds a clone of `done`; when the last is dropped, `recv`
     // on `all_done` returns `None`: every connection has finished.
     let (done, mut all_done) = mpsc::channel::<()>(1);
     loop {
+        if permits.available_permits() == 0 {
+            // Full: whoever connects now waits in the backlog until a slot frees.
+            metrics.connections_at_cap.inc();
+        }
         let permit = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,

@@ -337,8 +337,11 @@ async fn a_slow_writer_is_cut_off_and_a_flood_beyond_the_cap_waits_its_turn() {
     let rss_before = campus.server.rss_bytes();
     let flood: Vec<TcpStream> = (0..60).map(|_| connect(&campus)).collect();
     std::thread::sleep(Duration::from_millis(500));
-    let open = metric(&campus.server.metrics(), "onecard_terminal_connections_open");
-    assert_eq!(open, Some(20.0), "the cap holds");
+    let metrics = campus.server.metrics();
+    assert_eq!(metric(&metrics, "onecard_terminal_connections_open"), Some(20.0), "the cap holds");
+    assert_eq!(metric(&metrics, "onecard_terminal_connections_max"), Some(20.0));
+    let at_cap = metric(&metrics, "onecard_terminal_connections_at_cap_total");
+    assert!(at_cap >= Some(1.0), "the full door is counted: {at_cap:?}");
     // An honest terminal queued behind them is served once the idle ones are closed.
     let client = campus.canteen.connect_with(&campus.server, crate::support::one_attempt()).await;
     let answer = client.call(purchase(card, 100)).await.expect("answered");
