@@ -216,6 +216,10 @@ impl Connection {
         // out; the stream's next frame is lost, not the ones before it).
         if matches!(reason, CloseReason::Shutdown | CloseReason::Client | CloseReason::Framing) {
             self.drain(&mut write).await;
+        } else if !matches!(reason, CloseReason::Io | CloseReason::SlowReader) {
+            // The refusal that ended it (the last unknown-terminal frame's, say) goes
+            // out before the close, so the client learns why.
+            let _ = self.flush(&mut write).await;
         }
         let _ = write.shutdown().await;
         reason

@@ -351,3 +351,256 @@ async fn a_slow_writer_is_cut_off_and_a_flood_beyond_the_cap_waits_its_turn() {
     assert!(rss_after < rss_before + 64 * 1024 * 1024, "{rss_before} -> {rss_after}");
     drop(flood);
 }
+
+/// What the attackers of the mixed run saw refused or closed, by metric reason.
+#[derive(Debug, Default)]
+struct Refusals {
+    bad_mac: u64,
+    unknown_terminal: u64,
+    unknown_terminal_closes: u64,
+    sequence_jump: u64,
+    framing_closes: u64,
+    slow_frame_closes: u64,
+    idle_connections: u64,
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `wait`; answers sent
+/// before the close are read and dropped.
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buffer = [0u8; 256];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error) => return !matches!(error.kind(), WouldBlock | TimedOut),
+        }
+    }
+}
+
+/// Runs one attacker until `deadline`, counting what it was refused.
+fn attack(
+    kind: u8,
+    campus_addr: std::net::SocketAddr,
+    victim: (u32, TerminalKey),
+    stolen: (u32, TerminalKey),
+    deadline: std::time::Instant,
+) -> Refusals {
+    use onecard_protocol::limits::SEQUENCE_JUMP_MAX;
+    let dial = || {
+        let stream = TcpStream::connect(campus_addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+    };
+    let mut seen = Refusals::default();
+    match kind {
+        // Frames in the name of a real terminal, signed with a guessed key.
+        0 => {
+            let mut stream = dial();
+            let guess = TerminalKey::new([0x5c; 32]);
+            let mut sequence = 1;
+            while std::time::Instant::now() < deadline {
+                stream
+                    .write_all(&signed(victim.0, sequence, &guess, &purchase(7_000_001, 100)))
+                    .expect("write");
+                assert_eq!(read_answers(&mut stream, 1), [(REJECT, code(AnswerCode::BadMac))]);
+                seen.bad_mac += 1;
+                sequence += 1;
+            }
+        }
+        // A terminal id nobody has: three tries, then the door closes.
+        1 => {
+            while std::time::Instant::now() < deadline {
+                let mut stream = dial();
+                for sequence in 1..=3 {
+                    stream
+                        .write_all(&signed(999_999, sequence, &victim.1, &sign_on()))
+                        .expect("write");
+                }
+                assert_eq!(
+                    read_answers(&mut stream, 3),
+                    [(REJECT, code(AnswerCode::UnknownTerminal)); 3]
+                );
+                seen.unknown_terminal += 3;
+                assert!(closed_within(&mut stream, Duration::from_secs(5)), "closed after three");
+                seen.unknown_terminal_closes += 1;
+            }
+        }
+        // A stolen key: signed on, then leaps past the sequence bound, again and again.
+        2 => {
+            let mut stream = dial();
+            stream.write_all(&signed(stolen.0, 1, &stolen.1, &sign_on())).expect("write");
+            assert_eq!(read_answers(&mut stream, 1), [(0x8001, code(AnswerCode::Approved))]);
+            let mut leap = 2 + SEQUENCE_JUMP_MAX;
+            while std::time::Instant::now() < deadline {
+                leap += 1;
+                stream
+                    .write_all(&signed(stolen.0, leap, &stolen.1, &purchase(7_000_001, 100)))
+                    .expect("write");
+                assert_eq!(
+                    read_answers(&mut stream, 1),
+                    [(REJECT, code(AnswerCode::SequenceJump))]
+                );
+                seen.sequence_jump += 1;
+            }
+        }
+        // Garbage: a length prefix far beyond any frame.
+        3 => {
+            while std::time::Instant::now() < deadline {
+                let mut stream = dial();
+                let mut junk = vec![0x7f, 0xff, 0xff, 0xff];
+                junk.extend((0..60u8).map(|b| b.wrapping_mul(37)));
+                stream.write_all(&junk).expect("write");
+                assert!(closed_within(&mut stream, Duration::from_secs(5)), "framing lost, closed");
+                seen.framing_closes += 1;
+            }
+        }
+        // Slowloris: a frame begun and never finished.
+        4 => {
+            while std::time::Instant::now() < deadline {
+                let mut stream = dial();
+                let frame = signed(victim.0, 1, &victim.1, &sign_on());
+                stream.write_all(&frame[..10]).expect("write");
+                assert!(closed_within(&mut stream, Duration::from_secs(5)), "cut off");
+                seen.slow_frame_closes += 1;
+            }
+        }
+        // A crowd of silent connections, held until the idle timeout closes them.
+        _ => {
+            while std::time::Instant::now() < deadline {
+                let mut crowd: Vec<TcpStream> = (0..100).map(|_| dial()).collect();
+                for stream in &mut crowd {
+                    assert!(closed_within(stream, Duration::from_secs(10)), "closed idle");
+                }
+                seen.idle_connections += 100;
+            }
+        }
+    }
+    seen
+}
+
+/// How long the mixed attack lasts: `ONECARD_ABUSE_SECS`, 5 by default (CI).
+fn abuse_secs() -> u64 {
+    std::env::var("ONECARD_ABUSE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_mixed_attack_honest_terminals_lose_nothing_and_every_refusal_is_counted() {
+    let secs = abuse_secs();
+    let cards = if secs > 60 { 400 } else { 40 };
+    let extra = ["--terminal-idle-timeout-secs", "2", "--frame-read-timeout-secs", "1"];
+    let campus = Campus::build("abuse-mix", cards, &extra).await;
+    let stolen = crate::support::terminal(&campus.admin, campus.canteen.merchant_id, 90);
+    let windows = campus.windows(2, 60);
+    let rss_before = campus.server.rss_bytes();
+    let before = campus.server.metrics();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+
+    let addr = campus.server.terminal_addr();
+    let attackers: Vec<_> = (0..6u8)
+        .map(|kind| {
+            let victim = (campus.canteen.id, campus.canteen.key.clone());
+            let stolen = (stolen.id, stolen.key.clone());
+            std::thread::spawn(move || attack(kind, addr, victim, stolen, deadline))
+        })
+        .collect();
+    let mut honest = Vec::new();
+    for (n, window) in windows.iter().enumerate() {
+        let client = window.connect_with(&campus.server, crate::support::one_attempt()).await;
+        let numbers = campus.cards.clone();
+        honest.push(tokio::spawn(async move {
+            let mut spent: std::collections::BTreeMap<u64, i64> = Default::default();
+            let mut approved = 0usize;
+            let mut seed = 0x9e37_79b9_u64 + n as u64;
+            while std::time::Instant::now() < deadline {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let card = numbers[usize::try_from(seed >> 33).expect("fits") % numbers.len()];
+                let fen = 1 + (seed >> 20) % 3;
+                let answer = client.call(purchase(card, u32::try_from(fen).expect("small"))).await;
+                match outcome(&answer.expect("answered")) {
+                    (AnswerCode::Approved, _) => {
+                        *spent.entry(card).or_default() += i64::try_from(fen).expect("small");
+                        approved += 1;
+                    }
+                    other => panic!("an honest purchase refused: {other:?}"),
+                }
+            }
+            (spent, approved)
+        }));
+    }
+    let mut spent: std::collections::BTreeMap<u64, i64> = Default::default();
+    let mut approved = 0usize;
+    for window in honest {
+        let (window_spent, window_approved) = window.await.expect("an honest window");
+        for (card, fen) in window_spent {
+            *spent.entry(card).or_default() += fen;
+        }
+        approved += window_approved;
+    }
+    let mut seen = Refusals::default();
+    for attacker in attackers {
+        let one = attacker.join().expect("an attacker");
+        seen.bad_mac += one.bad_mac;
+        seen.unknown_terminal += one.unknown_terminal;
+        seen.unknown_terminal_closes += one.unknown_terminal_closes;
+        seen.sequence_jump += one.sequence_jump;
+        seen.framing_closes += one.framing_closes;
+        seen.slow_frame_closes += one.slow_frame_closes;
+        seen.idle_connections += one.idle_connections;
+    }
+
+    // Nothing lost or added: each card spent exactly what its windows were told.
+    for card in &campus.cards {
+        let expected = FUNDED_FEN - spent.get(card).copied().unwrap_or(0);
+        assert_eq!(balance_fen(&campus.admin, *card), expected, "card {card}");
+    }
+    let (status, report) = campus.admin.get("/api/verify");
+    assert_eq!((status, &report["clean"]), (200, &serde_json::json!(true)), "{report}");
+    // Every refusal the attackers saw is counted, exactly where it can be.
+    let after = campus.server.metrics();
+    let delta = |series: &str| {
+        metric(&after, series).unwrap_or(0.0) - metric(&before, series).unwrap_or(0.0)
+    };
+    let refused = |reason: &str| {
+        delta(&format!("onecard_terminal_frames_refused_total{{reason=\"{reason}\"}}"))
+    };
+    let closed = |reason: &str| {
+        delta(&format!("onecard_terminal_connections_closed_total{{reason=\"{reason}\"}}"))
+    };
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let exact = [
+        ("bad_mac", refused("bad_mac"), seen.bad_mac as f64),
+        ("unknown_terminal", refused("unknown_terminal"), seen.unknown_terminal as f64),
+        ("sequence_jump", refused("sequence_jump"), seen.sequence_jump as f64),
+        (
+            "closed unknown_terminal",
+            closed("unknown_terminal"),
+            seen.unknown_terminal_closes as f64,
+        ),
+        ("closed framing", closed("framing"), seen.framing_closes as f64),
+        ("closed slow_frame", closed("slow_frame"), seen.slow_frame_closes as f64),
+    ];
+    for (what, counted, observed) in exact {
+        assert_eq!(counted, observed, "{what}: the metric against what the attackers saw");
+    }
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let idle = seen.idle_connections as f64;
+    assert!(closed("idle") >= idle, "{} idle closes for {idle}", closed("idle"));
+    let rss_after = campus.server.rss_bytes();
+    assert!(rss_after < rss_before + 128 * 1024 * 1024, "{rss_before} -> {rss_after}");
+    println!(
+        "mixed attack, {secs} s: {approved} honest purchases approved, nothing lost; refused \
+         {} forged, {} unknown-terminal, {} sequence-jump frames; closed {} unknown-terminal, \
+         {} framing, {} slow-frame, {} idle connections; rss {} -> {} MiB",
+        seen.bad_mac,
+        seen.unknown_terminal,
+        seen.sequence_jump,
+        seen.unknown_terminal_closes,
+        seen.framing_closes,
+        seen.slow_frame_closes,
+        seen.idle_connections,
+        rss_before >> 20,
+        rss_after >> 20,
+    );
+}
