@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use onecard_engine::limits::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES_MAX};
 use onecard_protocol::frame::{self, Envelope};
 use onecard_protocol::message::{Heartbeat, SignOn};
 use onecard_protocol::{AnswerCode, MacAlgorithm, MacKey, Request, TerminalKey};
@@ -588,7 +589,6 @@ async fn under_a_mixed_attack_honest_terminals_lose_nothing_and_every_refusal_is
     let idle = seen.idle_connections as f64;
     assert!(closed("idle") >= idle, "{} idle closes for {idle}", closed("idle"));
     let rss_after = campus.server.rss_bytes();
-    assert!(rss_after < rss_before + 128 * 1024 * 1024, "{rss_before} -> {rss_after}");
     println!(
         "mixed attack, {secs} s: {approved} honest purchases approved, nothing lost; refused \
          {} forged, {} unknown-terminal, {} sequence-jump frames; closed {} unknown-terminal, \
@@ -603,4 +603,10 @@ async fn under_a_mixed_attack_honest_terminals_lose_nothing_and_every_refusal_is
         rss_before >> 20,
         rss_after >> 20,
     );
+    // The attack costs no memory of its own: what the server gains is the store's
+    // budgets filling with the honest purchases (memtables, block cache), and little
+    // more.
+    let budgets = MEMTABLE_BYTES_MAX + BLOCK_CACHE_BYTES + (64 << 20);
+    let budgets = u64::try_from(budgets).expect("fits");
+    assert!(rss_after < rss_before + budgets, "{rss_before} -> {rss_after}");
 }
