@@ -184,7 +184,10 @@ pub fn verify(
 /// Reads every key of every column family with block checksums verified and without
 /// filling the block cache; a failed read ends that family's pass as a problem naming
 /// the family and (in RocksDB's words) the file and offset.
-fn check_checksums(store: &Store, report: &mut VerifyReport) -> Result<(), rocksdb::Error> {
+///
+/// # Errors
+/// If the live files cannot be listed.
+pub fn check_checksums(store: &Store, report: &mut VerifyReport) -> Result<(), rocksdb::Error> {
     report.sst_files = store.db().live_files()?.len() as u64;
     for name in store.family_names() {
         let mut options = rocksdb::ReadOptions::default();

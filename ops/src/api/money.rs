@@ -37,7 +37,11 @@ pub fn parse_yuan(text: &str) -> Result<i64, String> {
     if value.scale() > 2 && value.normalize().scale() > 2 {
         return Err(format!("{text:?} has more than two decimals; amounts are in yuan to the fen"));
     }
-    (value * Decimal::ONE_HUNDRED).to_i64().ok_or_else(|| format!("{text:?} is out of range"))
+    // Checked: a decimal of 27 or more digits overflows when scaled to fen.
+    value
+        .checked_mul(Decimal::ONE_HUNDRED)
+        .and_then(|fen| fen.to_i64())
+        .ok_or_else(|| format!("{text:?} is out of range"))
 }
 
 /// An amount a request gives in yuan, held as fen.
@@ -119,6 +123,16 @@ mod tests {
         assert!(parse_yuan("").is_err());
         assert!(parse_yuan("1e3").is_err());
         assert!(parse_yuan("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn an_amount_too_large_for_a_decimal_in_fen_is_refused_not_a_panic() {
+        // Found by the csv_imports fuzz target: 28 digits overflowed the scaling.
+        let huge = "2222222222222222222222211000.00";
+        assert_eq!(parse_yuan(huge), Err(format!("{huge:?} is out of range")));
+        assert!(parse_yuan("-79228162514264337593543950335").is_err());
+        assert_eq!(parse_yuan("92233720368547758.07"), Ok(i64::MAX));
+        assert!(parse_yuan("92233720368547758.08").is_err());
     }
 
     #[test]
