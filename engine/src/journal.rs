@@ -8,17 +8,22 @@
 //!
 //! Encoding (little-endian, fixed width; `docs/ARCHITECTURE.md` has the byte table):
 //! a 48-byte header, then `transfer_count` transfers of 70 bytes, then
-//! `entry_count` entries of 68 bytes. The header carries the sum of the transfers'
-//! amounts, and decoding checks it along with every transfer's own invariants, so a record
-//! that lost or changed a posting is refused when read back.
+//! `entry_count` entries of 68 bytes, then (record version 2) the 32-byte seal that
+//! links the batch to the one before it in its journal ([`crate::chain`]). The header
+//! carries the sum of the transfers' amounts, and decoding checks it along with every
+//! transfer's own invariants, so a record that lost or changed a posting is refused
+//! when read back.
 
 use onecard_protocol::{AnswerCode, MealPeriod, MessageType};
 
 use crate::account::AccountId;
+use crate::chain::{ChainKey, SEAL_BYTES, Seal};
 use crate::date::BusinessDate;
 
 /// Record format written by this build.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
+/// The record version written before the journal chain: the same layout, no seal.
+pub const UNSEALED_RECORD_VERSION: u8 = 1;
 const MAGIC: u8 = b'J';
 const HEADER_BYTES: usize = 48;
 const TRANSFER_BYTES: usize = 70;
@@ -226,6 +231,9 @@ pub struct Batch {
     pub transfers: Vec<Transfer>,
     /// The answers.
     pub entries: Vec<Entry>,
+    /// The seal the record ends in ([`crate::chain`]); `None` for a record written
+    /// before the chain (version 1).
+    pub seal: Option<Seal>,
 }
 
 /// Why a journal record cannot be read back.
@@ -295,13 +303,9 @@ fn check_transfer(transfer: &Transfer, expected_id: u64) -> Result<(), RecordErr
 }
 
 impl Batch {
-    /// Encodes the record.
-    ///
-    /// # Panics
-    /// If a transfer breaks an invariant (non-positive amount, debit equal to credit,
-    /// ids not dense): the shard decided a batch it must never write.
+    /// The batch as a record to write (its `seal` is computed then, not taken).
     #[must_use]
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn view(&self) -> BatchView<'_> {
         BatchView {
             number: self.number,
             business_date: self.business_date,
@@ -310,20 +314,22 @@ impl Batch {
             transfers: &self.transfers,
             entries: &self.entries,
         }
-        .encode()
     }
 
     /// Decodes a record and checks it: dense ids, positive amounts, and the header's
-    /// totals equal to the postings'.
+    /// totals equal to the postings'. Whether its seal follows its journal's chain is
+    /// `verify`'s to check ([`Batch::sealed_bytes`]).
     ///
     /// # Errors
     /// [`RecordError`] naming what does not hold.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let mut r = Cursor { bytes, at: 0 };
         let head = r.take::<4>()?;
-        if head[0] != MAGIC || head[1] != RECORD_VERSION {
-            return Err(RecordError::Format { magic: head[0], version: head[1] });
-        }
+        let seal_bytes = match (head[0], head[1]) {
+            (MAGIC, RECORD_VERSION) => SEAL_BYTES,
+            (MAGIC, UNSEALED_RECORD_VERSION) => 0,
+            _ => return Err(RecordError::Format { magic: head[0], version: head[1] }),
+        };
         let date = r.u32()?;
         let business_date = BusinessDate::from_yyyymmdd(date)
             .ok_or(RecordError::Field { field: "business_date", value: date.into() })?;
@@ -333,7 +339,8 @@ impl Batch {
         let transfer_count = r.u32()? as usize;
         let entry_count = r.u32()? as usize;
         let header_total = r.i64()?;
-        let expected = HEADER_BYTES + transfer_count * TRANSFER_BYTES + entry_count * ENTRY_BYTES;
+        let expected =
+            HEADER_BYTES + transfer_count * TRANSFER_BYTES + entry_count * ENTRY_BYTES + seal_bytes;
         if bytes.len() != expected {
             return Err(RecordError::Length { expected, found: bytes.len() });
         }
@@ -378,7 +385,23 @@ impl Batch {
         if postings != header_total {
             return Err(RecordError::Totals { what: "amount", header: header_total, postings });
         }
-        Ok(Self { number, business_date, committed_at_ms, first_transfer_id, transfers, entries })
+        let seal = (seal_bytes > 0).then(|| Seal(r.take::<SEAL_BYTES>().expect("length checked")));
+        Ok(Self {
+            number,
+            business_date,
+            committed_at_ms,
+            first_transfer_id,
+            transfers,
+            entries,
+            seal,
+        })
+    }
+
+    /// The bytes of a sealed record its seal covers: all but the seal itself. Call it
+    /// on a record [`Batch::decode`] read with a seal.
+    #[must_use]
+    pub fn sealed_bytes(record: &[u8]) -> &[u8] {
+        &record[..record.len().saturating_sub(SEAL_BYTES)]
     }
 
     /// The id one past the last transfer.
@@ -417,13 +440,24 @@ pub struct BatchView<'a> {
 }
 
 impl BatchView<'_> {
-    /// Encodes the record.
+    /// Encodes the record as journal `journal`'s batch after the one sealed
+    /// `previous`, and seals it; returns the record and its seal, which the journal's
+    /// next batch follows.
     ///
     /// # Panics
     /// If a transfer breaks an invariant (non-positive amount, debit equal to credit,
     /// ids not dense): the shard decided a batch it must never write.
     #[must_use]
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode_sealed(&self, chain: &ChainKey, journal: u8, previous: &Seal) -> (Vec<u8>, Seal) {
+        let mut out = self.encode_unsealed(RECORD_VERSION, SEAL_BYTES);
+        let seal = chain.seal(journal, previous, &out);
+        out.extend_from_slice(&seal.0);
+        (out, seal)
+    }
+
+    /// Encodes the record's header and body under `version`, leaving room for `spare`
+    /// bytes more.
+    fn encode_unsealed(&self, version: u8, spare: usize) -> Vec<u8> {
         for (offset, transfer) in (0u64..).zip(self.transfers) {
             if let Err(broken) = check_transfer(transfer, self.first_transfer_id + offset) {
                 panic!("refusing to write an unbalanced or malformed batch: {broken}");
@@ -433,9 +467,12 @@ impl BatchView<'_> {
         let transfer_count = u32::try_from(self.transfers.len()).expect("batch size is bounded");
         let entry_count = u32::try_from(self.entries.len()).expect("batch size is bounded");
         let mut out = Vec::with_capacity(
-            HEADER_BYTES + self.transfers.len() * TRANSFER_BYTES + self.entries.len() * ENTRY_BYTES,
+            HEADER_BYTES
+                + self.transfers.len() * TRANSFER_BYTES
+                + self.entries.len() * ENTRY_BYTES
+                + spare,
         );
-        out.extend_from_slice(&[MAGIC, RECORD_VERSION, 0, 0]);
+        out.extend_from_slice(&[MAGIC, version, 0, 0]);
         out.extend_from_slice(&self.business_date.to_yyyymmdd().to_le_bytes());
         out.extend_from_slice(&self.number.to_le_bytes());
         out.extend_from_slice(&self.committed_at_ms.to_le_bytes());
@@ -530,7 +567,7 @@ pub fn read_transfer(
     let header = bytes
         .get(..HEADER_BYTES)
         .ok_or(RecordError::Length { expected: HEADER_BYTES, found: bytes.len() })?;
-    if header[0] != MAGIC || header[1] != RECORD_VERSION {
+    if header[0] != MAGIC || (header[1] != RECORD_VERSION && header[1] != UNSEALED_RECORD_VERSION) {
         return Err(RecordError::Format { magic: header[0], version: header[1] });
     }
     let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
@@ -645,24 +682,61 @@ mod tests {
                 reference: 0,
                 flags: 0,
             }],
+            seal: None,
         }
     }
 
+    fn chain() -> ChainKey {
+        crate::sealing::MasterKey::new([7; 32]).chain_key()
+    }
+
+    fn sealed(batch: &Batch) -> Vec<u8> {
+        batch.view().encode_sealed(&chain(), 3, &Seal::GENESIS).0
+    }
+
     #[test]
-    fn a_batch_round_trips() {
+    fn a_batch_round_trips_with_its_seal() {
         let batch = sample();
-        let bytes = batch.encode();
+        let (bytes, seal) = batch.view().encode_sealed(&chain(), 3, &Seal::GENESIS);
+        assert_eq!(bytes.len(), HEADER_BYTES + 2 * TRANSFER_BYTES + ENTRY_BYTES + SEAL_BYTES);
+        let decoded = Batch::decode(&bytes).expect("decodes");
+        assert_eq!(decoded.seal, Some(seal));
+        assert_eq!(seal, chain().seal(3, &Seal::GENESIS, Batch::sealed_bytes(&bytes)));
+        assert_eq!(Batch { seal: None, ..decoded }, batch);
+        let (transfer, next) = read_transfer(&bytes, batch.first_transfer_id)
+            .expect("reads")
+            .expect("holds the transfer");
+        assert_eq!(transfer, batch.transfers[0]);
+        assert_eq!(next, Some(batch.transfers[1]), "the second purse's part continues it");
+    }
+
+    #[test]
+    fn a_record_from_before_the_chain_still_reads_without_a_seal() {
+        let batch = sample();
+        let bytes = batch.view().encode_unsealed(UNSEALED_RECORD_VERSION, 0);
         assert_eq!(bytes.len(), HEADER_BYTES + 2 * TRANSFER_BYTES + ENTRY_BYTES);
-        assert_eq!(Batch::decode(&bytes), Ok(batch));
+        assert_eq!(Batch::decode(&bytes), Ok(batch.clone()));
+        assert!(read_transfer(&bytes, batch.first_transfer_id).expect("reads").is_some());
+        let mut future = bytes.clone();
+        future[1] = RECORD_VERSION + 1;
+        assert_eq!(Batch::decode(&future), Err(RecordError::Format { magic: MAGIC, version: 3 }));
+    }
+
+    #[test]
+    fn the_seal_follows_the_previous_one() {
+        let batch = sample();
+        let (_, first) = batch.view().encode_sealed(&chain(), 3, &Seal::GENESIS);
+        let (_, second) = batch.view().encode_sealed(&chain(), 3, &first);
+        assert_ne!(first, second, "the same record after another batch seals otherwise");
     }
 
     #[test]
     fn a_record_whose_postings_changed_is_refused() {
-        let mut bytes = sample().encode();
+        let mut bytes = sealed(&sample());
         // The second transfer's amount, low byte.
         bytes[HEADER_BYTES + TRANSFER_BYTES + 16] ^= 1;
         assert!(matches!(Batch::decode(&bytes), Err(RecordError::Totals { .. })));
-        let bytes = sample().encode();
+        let bytes = sealed(&sample());
         assert!(matches!(
             Batch::decode(&bytes[..bytes.len() - 1]),
             Err(RecordError::Length { .. })
@@ -674,7 +748,7 @@ mod tests {
     fn a_transfer_to_itself_is_never_written() {
         let mut batch = sample();
         batch.transfers[0].credit = batch.transfers[0].debit;
-        let _ = batch.encode();
+        let _ = sealed(&batch);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::cards::{
     AccountRecord, AccountState, CardAccount, CardEntry, CardMoney, CardTable, CardType,
     LimitOverrides, Limits, PinHash,
 };
+use crate::chain::{ChainKey, Seal};
 use crate::date::{BusinessDate, Clock, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
 use crate::journal::{
@@ -338,6 +339,8 @@ pub(crate) struct ControlState {
     blacklist_version: u64,
     /// The business date of the control journal's last batch, `yyyymmdd` (0: none).
     last_date: u32,
+    /// The seal of the control journal's last batch, which the next one follows.
+    last_seal: Seal,
 }
 
 /// What every thread of the ledger shares.
@@ -346,6 +349,8 @@ pub(crate) struct Shared {
     pub cards: CardTable,
     pub directory: Directory,
     pub config: LedgerConfig,
+    /// The key every journal's batches are sealed with, from the master key.
+    pub chain: ChainKey,
     pub metrics: Arc<Metrics>,
     audit: AuditLog,
     /// The open business date, `yyyymmdd`: no commit counts for an earlier one.
@@ -478,12 +483,14 @@ impl Ledger {
             next_terminal: 1,
             blacklist_version: 0,
             last_date: 0,
+            last_seal: Seal::GENESIS,
         };
         Self::load_control(&store, &config.master_key, &directory, &cards, &mut control)?;
         if let Some(last) = last_batch(&store, CONTROL_JOURNAL)? {
             control.next_transfer_id = last.next_transfer_id();
             control.next_batch = last.number + 1;
             control.last_date = last.business_date.to_yyyymmdd();
+            control.last_seal = last.seal.unwrap_or(Seal::GENESIS);
         }
         let control_date = BusinessDate::from_yyyymmdd(control.last_date);
         let shards = store.shards();
@@ -494,6 +501,7 @@ impl Ledger {
             store,
             cards,
             directory,
+            chain: config.master_key.chain_key(),
             config,
             metrics: Arc::new(Metrics::new(shards)),
             audit,
@@ -1921,6 +1929,7 @@ impl Ledger {
                 })
                 .collect(),
             entries: Vec::<Entry>::new(),
+            seal: None,
         };
         for transfer in &batch.transfers {
             postings.add(transfer);
@@ -1928,7 +1937,9 @@ impl Ledger {
         postings.write(store, &mut write);
         let key = batch_key(batch.first_transfer_id, batch.number);
         let journal = store.cf(&journal_cf(CONTROL_JOURNAL));
-        write.put_cf(journal, key, batch.encode());
+        let (record, seal) =
+            batch.view().encode_sealed(&self.shared.chain, CONTROL_JOURNAL, &control.last_seal);
+        write.put_cf(journal, key, record);
         if control.last_date != date.to_yyyymmdd() {
             let day = prefixed_key(shard_key::DAY_START, &date.to_yyyymmdd().to_be_bytes());
             write.put_cf(journal, day, key);
@@ -1937,6 +1948,7 @@ impl Ledger {
         control.next_transfer_id = batch.next_transfer_id();
         control.next_batch += 1;
         control.last_date = date.to_yyyymmdd();
+        control.last_seal = seal;
         Ok(())
     }
 
@@ -2163,7 +2175,7 @@ impl Ledger {
                 (account.number, state.balance_fen, state.restricted_fen)
             })
             .collect();
-        crate::verify::verify(&self.shared.store, Some(&in_memory))
+        crate::verify::verify(&self.shared.store, Some(&self.shared.chain), Some(&in_memory))
     }
 
     /// Stops taking requests, lets every shard finish and commit what is queued, and
@@ -2360,6 +2372,7 @@ fn recover_shard(shared: &Shared, shard: u8) -> Result<RecoveredShard, LedgerErr
         next_transfer_id: last.as_ref().map_or(first_transfer_id(shard), Batch::next_transfer_id),
         next_batch: last.as_ref().map_or(1, |batch| batch.number + 1),
         last_date: last.as_ref().map_or(0, |batch| batch.business_date.to_yyyymmdd()),
+        last_seal: last.as_ref().and_then(|batch| batch.seal).unwrap_or(Seal::GENESIS),
         windows,
     })
 }

@@ -10,6 +10,7 @@
 //! - [`audit`] — the append-only audit log of operators' actions.
 //! - [`date`] — business dates and the clock.
 //! - [`journal`] — transfers, entries and the batch record a shard commits.
+//! - [`chain`] — the seal that links each journal batch to the one before it.
 //! - [`cards`] — card accounts, limits, PINs, and the in-memory card table.
 //! - [`directory`] — merchants and terminals.
 //! - [`postings`] — the balance merges and index keys a batch derives.
@@ -31,6 +32,7 @@ pub mod account;
 pub mod adjustment;
 pub mod audit;
 pub mod cards;
+pub mod chain;
 pub mod date;
 pub mod directory;
 pub mod frontdoor;

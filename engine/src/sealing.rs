@@ -9,9 +9,13 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
 use onecard_protocol::TerminalKey;
 use onecard_protocol::mac::TERMINAL_KEY_BYTES;
+use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::chain::ChainKey;
 
 /// Bytes of the master key.
 pub const MASTER_KEY_BYTES: usize = 32;
@@ -138,6 +142,20 @@ impl MasterKey {
             .map(TerminalKey::new)
             .map_err(|_| SealError::WrongKey { terminal_id });
         opened.zeroize();
+        key
+    }
+
+    /// The key that seals journal batches ([`crate::chain`]): HMAC-SHA256 of the
+    /// chain's context under the master key, so the two keys never coincide and the
+    /// chain key reveals nothing of the master key.
+    #[must_use]
+    pub fn chain_key(&self) -> ChainKey {
+        let mut derive = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC accepts 32-byte keys");
+        derive.update(crate::chain::CONTEXT);
+        let mut bytes: [u8; 32] = derive.finalize().into_bytes().into();
+        let key = ChainKey::from_derived(&bytes);
+        bytes.zeroize();
         key
     }
 

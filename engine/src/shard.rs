@@ -36,6 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::account::AccountId;
 use crate::cards::{AccountState, CardAccount, CardEntry};
+use crate::chain::Seal;
 use crate::date::BusinessDate;
 use crate::directory::{MerchantCategory, Terminal};
 use crate::journal::{
@@ -437,6 +438,8 @@ pub(crate) struct ShardWriter {
     next_transfer_id: u64,
     next_batch: u64,
     last_date: u32,
+    /// The seal of the journal's last batch, which the next one follows.
+    last_seal: Seal,
     windows: HashMap<u32, TerminalWindow>,
     stats: Arc<ShardStats>,
     /// First transfer id → key of the batches committed since the ledger opened (at
@@ -462,6 +465,7 @@ impl ShardWriter {
             next_transfer_id: recovered.next_transfer_id,
             next_batch: recovered.next_batch,
             last_date: recovered.last_date,
+            last_seal: recovered.last_seal,
             windows: recovered.windows,
             stats,
             recent_batches: BTreeMap::new(),
@@ -522,9 +526,13 @@ impl ShardWriter {
             let message_type = command.submission.request.message_type();
             work.replies.push((command.reply, message_type, answer));
         }
-        let committed = if work.entries.is_empty() { Ok(()) } else { self.commit(&work) };
+        let committed =
+            if work.entries.is_empty() { Ok(None) } else { self.commit(&work).map(Some) };
         match committed {
-            Ok(()) => {
+            Ok(seal) => {
+                if let Some(seal) = seal {
+                    self.last_seal = seal;
+                }
                 for movement in &work.held {
                     let mut state = movement.account.lock();
                     state.balance_fen += movement.main_fen;
@@ -565,7 +573,8 @@ impl ShardWriter {
         }
     }
 
-    fn commit(&self, work: &Work) -> Result<(), StorageError> {
+    /// Writes the batch and everything it changes in one write; returns its seal.
+    fn commit(&self, work: &Work) -> Result<Seal, StorageError> {
         let started = Instant::now();
         let store = &self.shared.store;
         let journal = store.cf(&self.journal);
@@ -577,8 +586,9 @@ impl ShardWriter {
             transfers: &work.transfers,
             entries: &work.entries,
         };
+        let (record, seal) = batch.encode_sealed(&self.shared.chain, self.id, &self.last_seal);
         let mut write = WriteBatch::default();
-        write.put_cf(journal, work.key, batch.encode());
+        write.put_cf(journal, work.key, record);
         if self.last_date != work.date.to_yyyymmdd() {
             let key = prefixed_key(shard_key::DAY_START, &work.date.to_yyyymmdd().to_be_bytes());
             write.put_cf(journal, key, work.key);
@@ -609,7 +619,7 @@ impl ShardWriter {
         self.shared.metrics.commit_seconds.observe(elapsed.as_secs_f64());
         let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.stats.commit_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
-        Ok(())
+        Ok(seal)
     }
 
     /// Records a committed batch in the metrics: its size and its transfers by kind.
@@ -1521,5 +1531,7 @@ pub(crate) struct RecoveredShard {
     pub next_transfer_id: u64,
     pub next_batch: u64,
     pub last_date: u32,
+    /// The seal of the journal's last batch ([`Seal::GENESIS`] if it has none sealed).
+    pub last_seal: Seal,
     pub windows: HashMap<u32, TerminalWindow>,
 }

@@ -7,6 +7,10 @@
 //! would be a guess. Then it reads every journal (each shard's and the control
 //! plane's) from the first batch to the last and checks:
 //! - every batch decodes, and its postings match its header (`journal::Batch::decode`);
+//! - given the chain key, every sealed batch's seal follows the one before it in its
+//!   journal ([`crate::chain`]), so a batch rewritten, removed or slipped in is named
+//!   even if every balance was changed to match; and no unsealed batch follows a
+//!   sealed one;
 //! - transfer ids are dense within each journal, and every transfer is positive and
 //!   between two different accounts;
 //! - the sum of all debits equals the sum of all credits;
@@ -23,6 +27,7 @@ use rocksdb::IteratorMode;
 
 use crate::account::{AccountId, AccountKind};
 use crate::cards::CardMoney;
+use crate::chain::{ChainKey, Seal};
 use crate::journal::{Batch, CONTROL_JOURNAL, batch_key, first_transfer_id};
 use crate::shard::TerminalState;
 use crate::store::{CF_BALANCES, KEY_CARD_POOL, Store, is_card_balance_key, journal_cf, shard_key};
@@ -34,6 +39,10 @@ pub struct VerifyReport {
     pub batches: u64,
     /// Transfers read.
     pub transfers: u64,
+    /// Batches that carry a seal.
+    pub sealed_batches: u64,
+    /// Whether the seals were checked (the chain key was given).
+    pub chain_checked: bool,
     /// Accounts with a balance.
     pub accounts: u64,
     /// Sum of all debits, fen.
@@ -65,6 +74,12 @@ impl std::fmt::Display for VerifyReport {
             "{} SST files and {} keys read back with checksums checked",
             self.sst_files, self.keys_checked
         )?;
+        let chain = if self.chain_checked { "checked" } else { "not checked: no master key" };
+        writeln!(
+            f,
+            "{} of {} batches sealed; the journal chain {chain}",
+            self.sealed_batches, self.batches
+        )?;
         writeln!(
             f,
             "{} batches, {} transfers, {} accounts; debits {} fen, credits {} fen; card pool {} fen",
@@ -87,17 +102,88 @@ impl std::fmt::Display for VerifyReport {
     }
 }
 
-/// Verifies the store. `in_memory` holds (card account, main, restricted) as the
-/// running ledger has them; it is compared when given.
+/// Broken seals named one by one in a journal; more are counted in one line.
+const CHAIN_BREAKS_NAMED_MAX: u64 = 5;
+
+/// Where a journal's chain stands as verify walks it.
+#[derive(Clone, Copy)]
+enum Link {
+    /// No sealed batch yet: the journal began before the chain.
+    Before,
+    /// The last batch's seal, which the next must follow.
+    After(Seal),
+    /// The last batch could not be read, so the next one's seal cannot be checked.
+    Unknown,
+}
+
+/// Checks one batch's place in its journal's chain.
+struct ChainWalk<'a> {
+    key: Option<&'a ChainKey>,
+    journal: u8,
+    link: Link,
+    breaks: u64,
+}
+
+impl ChainWalk<'_> {
+    fn batch(&mut self, batch: &Batch, record: &[u8], report: &mut VerifyReport) {
+        let journal = self.journal;
+        let Some(seal) = batch.seal else {
+            if matches!(self.link, Link::After(_)) {
+                report.problems.push(format!(
+                    "journal {journal} batch {}: no seal, after sealed batches (written by \
+                     hand, or by a build before the chain)",
+                    batch.number
+                ));
+            }
+            return;
+        };
+        report.sealed_batches += 1;
+        let previous = match self.link {
+            Link::Before => Some(Seal::GENESIS),
+            Link::After(previous) => Some(previous),
+            Link::Unknown => None,
+        };
+        self.link = Link::After(seal);
+        let (Some(key), Some(previous)) = (self.key, previous) else { return };
+        if key.seal(journal, &previous, Batch::sealed_bytes(record)).matches(&seal) {
+            return;
+        }
+        self.breaks += 1;
+        if self.breaks <= CHAIN_BREAKS_NAMED_MAX {
+            report.problems.push(format!(
+                "journal {journal} batch {}: its seal does not follow the batch before it \
+                 (the batch was changed, one was removed or slipped in before it, or the \
+                 master key is not this store's)",
+                batch.number
+            ));
+        }
+    }
+
+    fn finish(self, report: &mut VerifyReport) {
+        if self.breaks > CHAIN_BREAKS_NAMED_MAX {
+            report.problems.push(format!(
+                "journal {}: {} more batches whose seals do not follow",
+                self.journal,
+                self.breaks - CHAIN_BREAKS_NAMED_MAX
+            ));
+        }
+    }
+}
+
+/// Verifies the store. `chain` is the key the journals are sealed with (from the
+/// master key); without it, seals are counted but not checked. `in_memory` holds
+/// (card account, main, restricted) as the running ledger has them; it is compared
+/// when given.
 ///
 /// # Errors
 /// If the store cannot be read for a reason other than corruption. A block whose
 /// checksum fails, or a record that cannot be decoded, is a problem in the report.
 pub fn verify(
     store: &Store,
+    chain: Option<&ChainKey>,
     in_memory: Option<&[(u64, i64, i64)]>,
 ) -> Result<VerifyReport, rocksdb::Error> {
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport { chain_checked: chain.is_some(), ..VerifyReport::default() };
     check_checksums(store, &mut report)?;
     if !report.is_clean() {
         report.problems.push(
@@ -113,6 +199,7 @@ pub fn verify(
     for journal in journals {
         let cf = store.cf(&journal_cf(journal));
         let mut expected_id = first_transfer_id(journal);
+        let mut walk = ChainWalk { key: chain, journal, link: Link::Before, breaks: 0 };
         let start = batch_key(first_transfer_id(journal) - 1, 0);
         for item in
             store.db().iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward))
@@ -128,6 +215,7 @@ pub fn verify(
                     report
                         .problems
                         .push(format!("journal {journal} batch {}: {error}", hex::encode(&key)));
+                    walk.link = Link::Unknown;
                     continue;
                 }
             };
@@ -144,6 +232,7 @@ pub fn verify(
                 ));
             }
             expected_id = batch.next_transfer_id();
+            walk.batch(&batch, &value, &mut report);
             for transfer in &batch.transfers {
                 report.transfers += 1;
                 report.debits_fen += transfer.amount_fen;
@@ -152,6 +241,7 @@ pub fn verify(
                 *derived.entry(transfer.credit).or_default() += transfer.amount_fen;
             }
         }
+        walk.finish(&mut report);
         last_ids.insert(journal, expected_id);
     }
     if report.debits_fen != report.credits_fen {

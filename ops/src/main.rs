@@ -363,7 +363,16 @@ fn verify(config: &Config) -> anyhow::Result<()> {
             path.display()
         )
     })?;
-    let report = onecard_engine::verify::verify(&store, None).context("reading the ledger")?;
+    // The journal chain is checked with the store's master key; a key that would be
+    // new (no file, no environment variable) cannot be the one it was sealed with.
+    let chain = match config.master_key_source {
+        master_key::Source::New(_) => None,
+        master_key::Source::File(_) | master_key::Source::Environment => {
+            Some(config.ledger.master_key.chain_key())
+        }
+    };
+    let report = onecard_engine::verify::verify(&store, chain.as_ref(), None)
+        .context("reading the ledger")?;
     println!("{report}");
     anyhow::ensure!(report.is_clean(), "the ledger failed verification");
     Ok(())

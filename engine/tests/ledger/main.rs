@@ -4,6 +4,7 @@
 
 #![allow(clippy::inconsistent_digit_grouping)]
 
+mod chain;
 mod concurrency;
 mod corruption;
 mod faults;

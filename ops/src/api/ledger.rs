@@ -155,6 +155,10 @@ pub async fn audit(
 pub struct VerifyJson {
     clean: bool,
     batches: u64,
+    /// Batches that end in a journal-chain seal; the rest predate the chain.
+    sealed_batches: u64,
+    /// Whether every seal was checked against the batch before it.
+    chain_checked: bool,
     transfers: u64,
     accounts: u64,
     debits_yuan: String,
@@ -179,6 +183,8 @@ pub async fn verify(State(state): State<AppState>, caller: Caller) -> ApiResult<
     Ok(Json(VerifyJson {
         clean: report.is_clean(),
         batches: report.batches,
+        sealed_batches: report.sealed_batches,
+        chain_checked: report.chain_checked,
         transfers: report.transfers,
         accounts: report.accounts,
         debits_yuan: yuan(report.debits_fen),

@@ -294,6 +294,8 @@ async fn a_purchase_storm_on_one_card_from_every_shard_spends_it_exactly_once() 
     assert_eq!(balance_fen(&campus.admin, card), 0);
     let (status, report) = campus.admin.get("/api/verify");
     assert_eq!((status, &report["clean"]), (200, &serde_json::json!(true)), "{report}");
+    assert_eq!(report["chain_checked"], serde_json::json!(true), "{report}");
+    assert_eq!(report["sealed_batches"], report["batches"], "every batch sealed: {report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

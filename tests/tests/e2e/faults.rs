@@ -101,7 +101,19 @@ async fn onecard_verify_names_a_flipped_byte_in_an_sst_file_and_exits_non_zero()
     let (family, journal) = journal;
     let data_dir = dir.path().to_str().expect("UTF-8");
     let clean = run_onecard_to_end(&["verify", "--data-dir", data_dir]);
-    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stdout));
+    let report = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{report}");
+    assert!(report.contains("the journal chain checked"), "with serve's master key: {report}");
+    // Without the master key the seals are counted, not checked, and it says so.
+    let key_file = dir.path().join("master.key");
+    let key_kept = dir.path().join("master.key.kept");
+    std::fs::rename(&key_file, &key_kept).expect("moves the key aside");
+    let keyless = run_onecard_to_end(&["verify", "--data-dir", data_dir]);
+    let report = String::from_utf8_lossy(&keyless.stdout);
+    assert!(keyless.status.success(), "{report}");
+    assert!(report.contains("the journal chain not checked: no master key"), "{report}");
+    assert!(!key_file.exists(), "verify never makes a master key");
+    std::fs::rename(&key_kept, &key_file).expect("puts the key back");
 
     let path = dir.path().join(&journal);
     let mut bytes = std::fs::read(&path).expect("reads");

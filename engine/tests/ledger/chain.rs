@@ -1,0 +1,163 @@
+//! The journal chain: history rewritten together with its balances, which every sum
+//! in `verify` accepts, is named by the seal that no longer follows; a store from
+//! before the chain is sealed from its next batch on.
+
+use onecard_engine::account::AccountId;
+use onecard_engine::cards::CardType;
+use onecard_engine::chain::SEAL_BYTES;
+use onecard_engine::journal::{Batch, CONTROL_JOURNAL, UNSEALED_RECORD_VERSION};
+use onecard_engine::sealing::MasterKey;
+use onecard_engine::store::{CF_BALANCES, Store, journal_cf};
+use onecard_engine::verify::verify;
+use onecard_protocol::AnswerCode;
+
+use crate::support::*;
+
+/// Bytes of a batch record's header, and of one transfer in it (docs/ARCHITECTURE.md).
+const HEADER_BYTES: usize = 48;
+const TRANSFER_BYTES: usize = 70;
+
+/// A campus whose canteen A (merchant 2, shard 0) sold 30 meals, one batch each.
+fn campus_with_sales(name: &str) -> Campus {
+    let mut campus = Campus::new(name);
+    for card in 2001..2011 {
+        campus.open_card(card, CardType::Student);
+        campus.top_up(card, 50_00);
+    }
+    for round in 0..3 {
+        for card in 2001..2011 {
+            let amount = 5_00 + round * 10 + u32::try_from(card % 7).expect("small");
+            let answer = campus.buy(campus.terminals.canteen_a, card, amount);
+            assert_eq!(answer.code, AnswerCode::Approved);
+        }
+    }
+    campus.ledger.take().expect("open").close();
+    campus
+}
+
+/// Every batch of a journal: key and record, in commit order.
+fn batches(store: &Store, journal: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store
+        .db()
+        .iterator_cf(store.cf(&journal_cf(journal)), rocksdb::IteratorMode::Start)
+        .map(|item| item.expect("reads"))
+        .filter(|(key, _)| key.len() == 16 && key[0] == journal)
+        .map(|(key, value)| (key.to_vec(), value.to_vec()))
+        .collect()
+}
+
+fn add_to_balance(store: &Store, account: AccountId, fen: i64) {
+    let balances = store.cf(CF_BALANCES);
+    let key = account.to_u64().to_be_bytes();
+    let stored = store.db().get_cf(balances, key).expect("reads");
+    let fen_before =
+        stored.map_or(0, |value| i64::from_le_bytes(value.as_slice().try_into().expect("8 bytes")));
+    store.db().put_cf(balances, key, (fen_before + fen).to_le_bytes()).expect("writes");
+}
+
+#[test]
+fn a_sale_moved_to_another_merchant_with_both_balances_is_named_by_its_seal() {
+    let campus = campus_with_sales("chain-rewrite");
+    let chain = campus.config.master_key.chain_key();
+    let store = Store::open(campus.dir.path(), 2).expect("opens");
+    let report = verify(&store, Some(&chain), None).expect("reads");
+    assert!(report.is_clean(), "{report}");
+    assert!(report.chain_checked);
+    assert_eq!(report.sealed_batches, report.batches, "every batch is sealed: {report}");
+
+    // An intruder with write access moves one meal's money from canteen A to the shop
+    // (merchant 4, also on shard 0), in the journal and in both balances.
+    let journal = batches(&store, 0);
+    let (key, record) = &journal[journal.len() / 2];
+    let batch = Batch::decode(record).expect("decodes");
+    let (index, sale) = batch
+        .transfers
+        .iter()
+        .enumerate()
+        .find(|(_, transfer)| transfer.credit == AccountId::merchant(2))
+        .expect("a canteen sale");
+    let mut forged = record.clone();
+    let at = HEADER_BYTES + index * TRANSFER_BYTES + 8;
+    forged[at..at + 8].copy_from_slice(&AccountId::merchant(4).to_u64().to_le_bytes());
+    store.db().put_cf(store.cf(&journal_cf(0)), key, &forged).expect("writes");
+    add_to_balance(&store, AccountId::merchant(2), -sale.amount_fen);
+    add_to_balance(&store, AccountId::merchant(4), sale.amount_fen);
+
+    let unchained = verify(&store, None, None).expect("reads");
+    assert!(unchained.is_clean(), "every sum still agrees, as the intruder meant: {unchained}");
+    assert!(!unchained.chain_checked);
+
+    let report = verify(&store, Some(&chain), None).expect("reads");
+    assert_eq!(
+        report.problems,
+        vec![format!(
+            "journal 0 batch {}: its seal does not follow the batch before it (the batch was \
+             changed, one was removed or slipped in before it, or the master key is not this \
+             store's)",
+            batch.number
+        )],
+        "the forged batch alone is named; the next one still follows its stored seal"
+    );
+
+    // Another master key: no batch follows, and the report stays short.
+    let stranger = MasterKey::generate().expect("random").chain_key();
+    let report = verify(&store, Some(&stranger), None).expect("reads");
+    let shard_0: Vec<&String> =
+        report.problems.iter().filter(|p| p.starts_with("journal 0")).collect();
+    assert_eq!(shard_0.len(), 6, "five named, the rest counted: {report}");
+    let more = journal.len() - 5;
+    assert_eq!(shard_0[5], &format!("journal 0: {more} more batches whose seals do not follow"));
+}
+
+#[test]
+fn a_store_from_before_the_chain_is_sealed_from_its_next_batch_and_checked_from_there() {
+    let mut campus = campus_with_sales("chain-legacy");
+    let legacy_batches = {
+        // Every record rewritten as the build before the chain wrote it: version 1,
+        // no seal.
+        let store = Store::open(campus.dir.path(), 2).expect("opens");
+        let mut count = 0;
+        for journal in [0, 1, CONTROL_JOURNAL] {
+            for (key, mut record) in batches(&store, journal) {
+                record[1] = UNSEALED_RECORD_VERSION;
+                record.truncate(record.len() - SEAL_BYTES);
+                store.db().put_cf(store.cf(&journal_cf(journal)), key, record).expect("writes");
+                count += 1;
+            }
+        }
+        let report = verify(&store, Some(&campus.config.master_key.chain_key()), None);
+        let report = report.expect("reads");
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.sealed_batches, 0);
+        count
+    };
+
+    campus.reopen();
+    for card in 2001..2006 {
+        campus.top_up(card, 10_00);
+        assert_eq!(campus.buy(campus.terminals.canteen_a, card, 3_00).code, AnswerCode::Approved);
+    }
+    let report = campus.ledger().verify().expect("reads");
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.batches - report.sealed_batches, legacy_batches, "{report}");
+    assert!(report.sealed_batches >= 10, "{report}");
+
+    // A sealed journal's newest batch stripped of its seal is not taken for an old one.
+    campus.ledger.take().expect("open").close();
+    let store = Store::open(campus.dir.path(), 2).expect("opens");
+    let journal = batches(&store, 0);
+    let (key, record) = journal.last().expect("a batch");
+    let number = Batch::decode(record).expect("decodes").number;
+    let mut stripped = record.clone();
+    stripped[1] = UNSEALED_RECORD_VERSION;
+    stripped.truncate(stripped.len() - SEAL_BYTES);
+    store.db().put_cf(store.cf(&journal_cf(0)), key, stripped).expect("writes");
+    let report = verify(&store, Some(&campus.config.master_key.chain_key()), None);
+    assert_eq!(
+        report.expect("reads").problems,
+        vec![format!(
+            "journal 0 batch {number}: no seal, after sealed batches (written by hand, or by a \
+             build before the chain)"
+        )]
+    );
+}
