@@ -4,10 +4,11 @@
 //! A batch record of version 2 ends in a 32-byte seal, HMAC-SHA256 under the chain key
 //! of the journal's number, the previous batch's seal (32 zero bytes, [`Seal::GENESIS`],
 //! before a journal's first sealed batch) and the record's bytes before the seal. The
-//! chain key is derived from the master key ([`crate::sealing::MasterKey::chain_key`]),
-//! which is never in the store or its backups: whoever can write the data directory can
-//! change a batch and every balance it touched consistently, but cannot seal the
-//! changed batch, nor the one after it. `verify` walks each journal's chain from its
+//! chain key is kept in `meta` sealed with the master key, which is never in the store
+//! or its backups ([`crate::sealing::MasterKey::new_chain_key`]): whoever can write the
+//! data directory can change a batch and every balance it touched consistently, but
+//! cannot seal the changed batch, nor the one after it. Rotating the master key seals
+//! the same chain key again ([`crate::rekey`]), so history stays checkable. `verify` walks each journal's chain from its
 //! first batch and names the first batch whose seal does not follow; a batch removed
 //! from the middle, one moved from another journal and one forged from nothing break
 //! it alike. What the chain cannot show alone is the loss of a journal's newest batches
@@ -20,8 +21,17 @@
 //! begin a journal, and its chain starts at its first sealed batch.
 
 use hmac::{Hmac, KeyInit, Mac};
+use rocksdb::WriteBatch;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+
+use crate::journal::CONTROL_JOURNAL;
+use crate::ledger::LedgerError;
+use crate::sealing::MasterKey;
+use crate::store::{CF_META, Store};
+
+/// The `meta` key of the journal chain key, sealed with the master key (hex).
+pub const KEY_CHAIN_KEY: &[u8] = b"chain_key";
 
 /// Bytes of a seal.
 pub const SEAL_BYTES: usize = 32;
@@ -50,7 +60,8 @@ impl std::fmt::Debug for Seal {
     }
 }
 
-/// The key that seals journal batches, derived from the master key. Never printed.
+/// The key that seals journal batches, kept in the store sealed with the master key.
+/// Never printed.
 #[derive(Clone)]
 pub struct ChainKey {
     /// The HMAC state with the key already absorbed; cloned for each seal.
@@ -58,8 +69,8 @@ pub struct ChainKey {
 }
 
 impl ChainKey {
-    /// A chain key from 32 derived bytes.
-    pub(crate) fn from_derived(bytes: &[u8; SEAL_BYTES]) -> Self {
+    /// A chain key from its 32 bytes.
+    pub(crate) fn from_bytes(bytes: &[u8; SEAL_BYTES]) -> Self {
         Self {
             keyed: <Hmac<Sha256> as KeyInit>::new_from_slice(bytes)
                 .expect("HMAC accepts 32-byte keys"),
@@ -84,13 +95,51 @@ impl std::fmt::Debug for ChainKey {
     }
 }
 
+/// The store's sealed chain key, if it holds one.
+///
+/// # Errors
+/// If `meta` cannot be read, or the value is not text.
+pub fn stored(store: &Store) -> Result<Option<String>, LedgerError> {
+    let Some(value) = store.db().get_cf(store.cf(CF_META), KEY_CHAIN_KEY)? else {
+        return Ok(None);
+    };
+    String::from_utf8(value)
+        .map(Some)
+        .map_err(|_| LedgerError::Corrupt { what: "chain key", detail: "not text".to_owned() })
+}
+
+/// The store's chain key, opened with `master`: what `verify` checks the journals with.
+/// A store that holds none yet (its ledger has not opened under a build that stores
+/// it) is given the key `master` derives, the one [`load_or_store`] would store.
+///
+/// # Errors
+/// [`crate::sealing::SealError::WrongChainKey`] (as [`LedgerError::Sealing`]) if
+/// `master` is not the key that sealed it; a read error.
+pub fn load(store: &Store, master: &MasterKey) -> Result<ChainKey, LedgerError> {
+    match stored(store)? {
+        Some(sealed) => Ok(master.open_chain_key(&sealed)?),
+        None => Ok(master.new_chain_key()?.0),
+    }
+}
+
+/// As [`load`], storing the derived key, sealed and synced, if the store holds none.
+pub(crate) fn load_or_store(store: &Store, master: &MasterKey) -> Result<ChainKey, LedgerError> {
+    if let Some(sealed) = stored(store)? {
+        return Ok(master.open_chain_key(&sealed)?);
+    }
+    let (key, sealed) = master.new_chain_key()?;
+    let mut write = WriteBatch::default();
+    write.put_cf(store.cf(CF_META), KEY_CHAIN_KEY, sealed.as_bytes());
+    store.write_synced(CONTROL_JOURNAL, write)?;
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sealing::MasterKey;
 
     fn key(byte: u8) -> ChainKey {
-        MasterKey::new([byte; 32]).chain_key()
+        MasterKey::new([byte; 32]).new_chain_key().expect("seals").0
     }
 
     #[test]
@@ -110,8 +159,28 @@ mod tests {
     fn the_chain_key_is_not_the_master_key_and_never_prints() {
         let master = [7u8; 32];
         let derived = key(7).seal(0, &Seal::GENESIS, b"");
-        let plain = ChainKey::from_derived(&master).seal(0, &Seal::GENESIS, b"");
+        let plain = ChainKey::from_bytes(&master).seal(0, &Seal::GENESIS, b"");
         assert_ne!(derived, plain, "the chain key is derived, not the master key itself");
         assert_eq!(format!("{:?}", key(7)), "ChainKey(..)");
+    }
+
+    #[test]
+    fn a_sealed_chain_key_opens_with_its_master_key_alone_and_survives_a_reseal() {
+        let old = MasterKey::new([7; 32]);
+        let new = MasterKey::new([8; 32]);
+        let (chain, sealed) = old.new_chain_key().expect("seals");
+        let seal = |key: &ChainKey| key.seal(1, &Seal::GENESIS, b"record");
+        assert_eq!(seal(&old.open_chain_key(&sealed).expect("opens")), seal(&chain));
+        assert!(matches!(
+            new.open_chain_key(&sealed),
+            Err(crate::sealing::SealError::WrongChainKey)
+        ));
+        let resealed = old.reseal_chain_key(&sealed, &new).expect("reseals");
+        assert_eq!(seal(&new.open_chain_key(&resealed).expect("opens")), seal(&chain));
+        assert!(old.open_chain_key(&resealed).is_err(), "the old master key no longer opens it");
+        assert_eq!(
+            old.reseal_chain_key(&resealed, &new).map(|_| ()),
+            Err(crate::sealing::SealError::WrongChainKey)
+        );
     }
 }

@@ -687,7 +687,7 @@ mod tests {
     }
 
     fn chain() -> ChainKey {
-        crate::sealing::MasterKey::new([7; 32]).chain_key()
+        ChainKey::from_bytes(&[7; 32])
     }
 
     fn sealed(batch: &Batch) -> Vec<u8> {

@@ -486,6 +486,7 @@ impl Ledger {
             last_seal: Seal::GENESIS,
         };
         Self::load_control(&store, &config.master_key, &directory, &cards, &mut control)?;
+        let chain = crate::chain::load_or_store(&store, &config.master_key)?;
         if let Some(last) = last_batch(&store, CONTROL_JOURNAL)? {
             control.next_transfer_id = last.next_transfer_id();
             control.next_batch = last.number + 1;
@@ -501,7 +502,7 @@ impl Ledger {
             store,
             cards,
             directory,
-            chain: config.master_key.chain_key(),
+            chain,
             config,
             metrics: Arc::new(Metrics::new(shards)),
             audit,

@@ -21,6 +21,7 @@
 //! - [`statement`] — a top-up channel's statement matched against our top-ups.
 //! - [`adjustment`] — approved correcting transfers, posted exactly once.
 //! - [`sealing`] — terminal keys sealed with the master key before they are stored.
+//! - [`rekey`] — rotating the master key: every sealed secret sealed again.
 //! - [`verify`] — proving the invariants from disk.
 //! - [`workflow`] — approval workflows and their exactly-once ledger effects.
 //! - [`metrics`] — the Prometheus metrics the engine keeps.
@@ -42,6 +43,7 @@ pub mod limits;
 pub mod metrics;
 pub mod postings;
 pub mod reconcile;
+pub mod rekey;
 pub mod sealing;
 pub mod settlement;
 pub mod shard;

@@ -59,6 +59,12 @@ pub enum SealError {
         /// The terminal whose key did not open.
         terminal_id: u32,
     },
+    /// The store's journal chain key does not open: another master key sealed it, or
+    /// it was changed.
+    #[error(
+        "the journal chain's key does not open with this master key (was the store sealed with another master key?)"
+    )]
+    WrongChainKey,
     /// No randomness for a nonce or a new master key.
     #[error("no randomness: {0}")]
     Random(String),
@@ -109,17 +115,7 @@ impl MasterKey {
     /// # Errors
     /// [`SealError::Random`] if no nonce can be drawn.
     pub fn seal(&self, terminal_id: u32, key: &TerminalKey) -> Result<String, SealError> {
-        let mut nonce = [0u8; NONCE_BYTES];
-        getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
-        let aad = associated_data(terminal_id);
-        let sealed = self
-            .cipher()
-            .encrypt(&XNonce::from(nonce), Payload { msg: key.as_bytes(), aad: &aad })
-            .map_err(|_| SealError::Random("the cipher refused to seal".to_owned()))?;
-        let mut out = Vec::with_capacity(SEALED_KEY_BYTES);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        Ok(hex::encode(out))
+        self.seal_secret(&associated_data(terminal_id), key.as_bytes())
     }
 
     /// Opens a key [`MasterKey::seal`] sealed for `terminal_id`.
@@ -128,35 +124,87 @@ impl MasterKey {
     /// [`SealError::SealedForm`] if the text is not a sealed key;
     /// [`SealError::WrongKey`] if it does not open with this key for this terminal.
     pub fn open(&self, terminal_id: u32, sealed: &str) -> Result<TerminalKey, SealError> {
+        let mut opened = self
+            .open_secret(&associated_data(terminal_id), sealed)?
+            .ok_or(SealError::WrongKey { terminal_id })?;
+        let key = TerminalKey::new(opened);
+        opened.zeroize();
+        Ok(key)
+    }
+
+    /// A new store's journal chain key ([`crate::chain`]), and the same sealed for the
+    /// store. The key is HMAC-SHA256 of the chain's context under this master key, so
+    /// the two never coincide and one reveals nothing of the other; it is stored
+    /// sealed so that it outlives a rotation of the master key.
+    ///
+    /// # Errors
+    /// [`SealError::Random`] if no nonce can be drawn.
+    pub fn new_chain_key(&self) -> Result<(ChainKey, String), SealError> {
+        let mut derive = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC accepts 32-byte keys");
+        derive.update(crate::chain::CONTEXT);
+        let mut bytes: [u8; 32] = derive.finalize().into_bytes().into();
+        let sealed = self.seal_secret(crate::chain::CONTEXT, &bytes);
+        let key = ChainKey::from_bytes(&bytes);
+        bytes.zeroize();
+        Ok((key, sealed?))
+    }
+
+    /// Opens a chain key [`MasterKey::new_chain_key`] or [`MasterKey::reseal_chain_key`]
+    /// sealed.
+    ///
+    /// # Errors
+    /// [`SealError::SealedForm`] if the text is not a sealed key;
+    /// [`SealError::WrongChainKey`] if it does not open with this master key.
+    pub fn open_chain_key(&self, sealed: &str) -> Result<ChainKey, SealError> {
+        let mut opened =
+            self.open_secret(crate::chain::CONTEXT, sealed)?.ok_or(SealError::WrongChainKey)?;
+        let key = ChainKey::from_bytes(&opened);
+        opened.zeroize();
+        Ok(key)
+    }
+
+    /// The sealed chain key `sealed`, opened with this master key and sealed again
+    /// with `new`.
+    ///
+    /// # Errors
+    /// As [`MasterKey::open_chain_key`], or [`SealError::Random`].
+    pub fn reseal_chain_key(&self, sealed: &str, new: &Self) -> Result<String, SealError> {
+        let mut opened =
+            self.open_secret(crate::chain::CONTEXT, sealed)?.ok_or(SealError::WrongChainKey)?;
+        let resealed = new.seal_secret(crate::chain::CONTEXT, &opened);
+        opened.zeroize();
+        resealed
+    }
+
+    /// Seals a 32-byte secret bound to `aad`: hex of nonce, ciphertext and tag.
+    fn seal_secret(&self, aad: &[u8], secret: &[u8; 32]) -> Result<String, SealError> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
+        let sealed = self
+            .cipher()
+            .encrypt(&XNonce::from(nonce), Payload { msg: secret, aad })
+            .map_err(|_| SealError::Random("the cipher refused to seal".to_owned()))?;
+        let mut out = Vec::with_capacity(SEALED_KEY_BYTES);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(hex::encode(out))
+    }
+
+    /// Opens what [`MasterKey::seal_secret`] sealed with `aad`; `None` if the tag does
+    /// not verify (another master key, another `aad`, or a changed byte).
+    fn open_secret(&self, aad: &[u8], sealed: &str) -> Result<Option<[u8; 32]>, SealError> {
         let mut bytes = [0u8; SEALED_KEY_BYTES];
         hex::decode_to_slice(sealed, &mut bytes)
             .map_err(|_| SealError::SealedForm { len: sealed.len() })?;
         let (nonce, sealed) = bytes.split_at(NONCE_BYTES);
         let nonce = XNonce::try_from(nonce).map_err(|_| SealError::SealedForm { len: 0 })?;
-        let aad = associated_data(terminal_id);
-        let mut opened = self
-            .cipher()
-            .decrypt(&nonce, Payload { msg: sealed, aad: &aad })
-            .map_err(|_| SealError::WrongKey { terminal_id })?;
-        let key = <[u8; TERMINAL_KEY_BYTES]>::try_from(opened.as_slice())
-            .map(TerminalKey::new)
-            .map_err(|_| SealError::WrongKey { terminal_id });
+        let Ok(mut opened) = self.cipher().decrypt(&nonce, Payload { msg: sealed, aad }) else {
+            return Ok(None);
+        };
+        let secret = <[u8; 32]>::try_from(opened.as_slice()).ok();
         opened.zeroize();
-        key
-    }
-
-    /// The key that seals journal batches ([`crate::chain`]): HMAC-SHA256 of the
-    /// chain's context under the master key, so the two keys never coincide and the
-    /// chain key reveals nothing of the master key.
-    #[must_use]
-    pub fn chain_key(&self) -> ChainKey {
-        let mut derive = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC accepts 32-byte keys");
-        derive.update(crate::chain::CONTEXT);
-        let mut bytes: [u8; 32] = derive.finalize().into_bytes().into();
-        let key = ChainKey::from_derived(&bytes);
-        bytes.zeroize();
-        key
+        Ok(secret)
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {

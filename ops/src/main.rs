@@ -55,6 +55,25 @@ enum Command {
     /// offsite copy and how many are kept come from the same settings as `serve`.
     #[command(subcommand)]
     Backup(Box<BackupCommand>),
+    /// Manage the master key that seals terminal keys and the journal chain key.
+    #[command(subcommand)]
+    MasterKey(Box<MasterKeyCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterKeyCommand {
+    /// Seal every terminal key and the journal chain key under a new master key, in
+    /// one write (the server must be stopped). The old key is kept beside its file as
+    /// `.retired-<unix seconds>`: backups taken before now need it. Safe to run again
+    /// after an interruption: it finishes or starts over.
+    Rotate {
+        /// Where to write the new key (default: the master key file in force; required
+        /// when the key comes from ONECARD_MASTER_KEY).
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +215,34 @@ fn main() -> anyhow::Result<()> {
         Command::Backup(args) => {
             init_logging(false);
             backup_command(*args)
+        }
+        Command::MasterKey(args) => {
+            init_logging(false);
+            let MasterKeyCommand::Rotate { new_key_file, settings } = *args;
+            let config = settings.resolve()?;
+            let rotated = master_key::rotate(
+                &config.data_dir,
+                config.ledger.shards,
+                &config.ledger.master_key,
+                &config.master_key_source,
+                new_key_file.as_deref(),
+            )?;
+            match rotated.terminal_keys {
+                Some(count) => println!(
+                    "master key rotated: {count} terminal keys and the journal chain key sealed \
+                     under the new key"
+                ),
+                None => println!("an interrupted rotation was found written; finished it"),
+            }
+            println!("the new master key is in {}", rotated.new_key_file.display());
+            if let Some(retired) = rotated.retired_key_file {
+                println!(
+                    "the old master key is in {}: backups taken before now need it; keep it \
+                     with them, apart from the data directory",
+                    retired.display()
+                );
+            }
+            Ok(())
         }
         Command::Settle(args) => {
             init_logging(false);
@@ -367,9 +414,10 @@ fn verify(config: &Config) -> anyhow::Result<()> {
     // new (no file, no environment variable) cannot be the one it was sealed with.
     let chain = match config.master_key_source {
         master_key::Source::New(_) => None,
-        master_key::Source::File(_) | master_key::Source::Environment => {
-            Some(config.ledger.master_key.chain_key())
-        }
+        master_key::Source::File(_) | master_key::Source::Environment => Some(
+            onecard_engine::chain::load(&store, &config.ledger.master_key)
+                .context("opening the journal chain key")?,
+        ),
     };
     let report = onecard_engine::verify::verify(&store, chain.as_ref(), None)
         .context("reading the ledger")?;

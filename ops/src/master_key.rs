@@ -5,12 +5,21 @@
 //! `<data_dir>/master.key`). A missing file is created at the first start, 0600, with
 //! a warning to keep a copy apart: the key is never in the store or its backups, so a
 //! restore needs it. The key itself is never logged, printed or returned.
+//!
+//! `onecard master-key rotate` ([`rotate`]) seals every secret under a new key. It
+//! writes the new key beside the file first (`<file>.new`), then the store in one
+//! synced write, then keeps the old key as `<file>.retired-<unix seconds>` (backups
+//! taken before the rotation still need it) and moves the new one into place. Run
+//! again after an interruption, it finds `<file>.new`, asks the store which key it
+//! opens with, and finishes or starts over.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use onecard_engine::rekey;
 use onecard_engine::sealing::MasterKey;
+use onecard_engine::store::Store;
 
 /// The environment variable that carries the key itself.
 pub const MASTER_KEY_ENV: &str = "ONECARD_MASTER_KEY";
@@ -83,6 +92,134 @@ pub fn create_if_new(key: &MasterKey, source: &Source) -> anyhow::Result<Option<
     Ok(Some(path.clone()))
 }
 
+/// What `rotate` did.
+#[derive(Debug)]
+pub struct Rotated {
+    /// Terminal keys sealed under the new key; `None` when an interrupted rotation was
+    /// found written and only its files were finished.
+    pub terminal_keys: Option<usize>,
+    /// Where the new key is now.
+    pub new_key_file: PathBuf,
+    /// Where the old key was kept, when it came from a file.
+    pub retired_key_file: Option<PathBuf>,
+}
+
+/// `<file>` with `suffix` appended to its name.
+fn beside(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Seals every terminal key and the journal chain key of the store in `data_dir`
+/// under a new master key (the server must be stopped). The old key is `old` from
+/// `source`; the new key goes to `new_key_file`, which defaults to the old key's file
+/// and must be given when the old key came from the environment.
+///
+/// # Errors
+/// If there is no old key to rotate, the store cannot be opened (a server running on
+/// it), the old key does not open every secret (nothing is written), or a file
+/// cannot be written. The messages never carry a key.
+pub fn rotate(
+    data_dir: &Path,
+    shards: usize,
+    old: &MasterKey,
+    source: &Source,
+    new_key_file: Option<&Path>,
+) -> anyhow::Result<Rotated> {
+    let (target, old_file) = match (source, new_key_file) {
+        // Interrupted after the old key was retired: the new one waits beside it.
+        (Source::New(file), None) if beside(file, ".new").exists() => (file.clone(), None),
+        (Source::New(file), _) => anyhow::bail!(
+            "there is no master key to rotate: neither {MASTER_KEY_ENV} nor {} is there",
+            file.display()
+        ),
+        (Source::Environment, None) => anyhow::bail!(
+            "the master key comes from {MASTER_KEY_ENV}: give --new-key-file for the new \
+             one, and put it in the secrets manager once the rotation is done"
+        ),
+        (Source::Environment, Some(new)) => (new.to_owned(), None),
+        (Source::File(file), new) => {
+            (new.map_or_else(|| file.clone(), Path::to_owned), Some(file.clone()))
+        }
+    };
+    anyhow::ensure!(
+        data_dir.join("CURRENT").is_file(),
+        "there is no ledger in {}",
+        data_dir.display()
+    );
+    let store = Store::open(data_dir, shards).with_context(|| {
+        format!("opening the ledger in {} (stop `onecard serve` first)", data_dir.display())
+    })?;
+    let pending = beside(&target, ".new");
+    if pending.exists() {
+        let (new, _) = resolve(None, &pending)?;
+        if rekey::opens_with(&store, &new).is_ok() {
+            drop(store);
+            let retired = retire(old_file.as_deref(), &target)?;
+            install(&pending, &target)?;
+            return Ok(Rotated {
+                terminal_keys: None,
+                new_key_file: target,
+                retired_key_file: retired,
+            });
+        }
+        // The store was never written under it: an attempt that stopped before the
+        // store's write. Start again.
+        std::fs::remove_file(&pending)
+            .with_context(|| format!("removing {}", pending.display()))?;
+    }
+    rekey::opens_with(&store, old).context("the master key in force does not open this store")?;
+    let new = MasterKey::generate()?;
+    if let Some(dir) = pending.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::demo::write_private(&pending, format!("{}\n", new.to_hex()).as_bytes())?;
+    let rotation = match rekey::rotate(&store, old, &new) {
+        Ok(rotation) => rotation,
+        Err(error) => {
+            let _ = std::fs::remove_file(&pending);
+            return Err(error).context("sealing under the new master key; nothing changed");
+        }
+    };
+    drop(store);
+    let retired = retire(old_file.as_deref(), &target)?;
+    install(&pending, &target)?;
+    Ok(Rotated {
+        terminal_keys: Some(rotation.terminal_keys),
+        new_key_file: target,
+        retired_key_file: retired,
+    })
+}
+
+/// Keeps the old key's file as `<file>.retired-<unix seconds>` when the new key is to
+/// take its place; backups taken before the rotation open with it alone.
+fn retire(old_file: Option<&Path>, target: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Some(old_file) = old_file else { return Ok(None) };
+    if old_file != target || !old_file.exists() {
+        return Ok(Some(old_file.to_owned()).filter(|file| file.exists()));
+    }
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let retired = beside(old_file, &format!(".retired-{seconds}"));
+    std::fs::rename(old_file, &retired)
+        .with_context(|| format!("keeping the old key as {}", retired.display()))?;
+    Ok(Some(retired))
+}
+
+/// Moves the new key's file into place and syncs its directory.
+fn install(pending: &Path, target: &Path) -> anyhow::Result<()> {
+    std::fs::rename(pending, target)
+        .with_context(|| format!("moving {} to {}", pending.display(), target.display()))?;
+    if let Some(dir) = target.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +229,87 @@ mod tests {
             std::env::temp_dir().join(format!("onecard-master-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// A store with one merchant and terminal, sealed under a key kept in
+    /// `<dir>/master.key`.
+    fn sealed_store(name: &str) -> (PathBuf, PathBuf, MasterKey) {
+        let dir = scratch(name);
+        let data = dir.join("data");
+        let key = MasterKey::generate().expect("random");
+        let config = onecard_engine::LedgerConfig {
+            shards: 1,
+            sync: false,
+            master_key: key.clone(),
+            ..onecard_engine::LedgerConfig::default()
+        };
+        let ledger = onecard_engine::Ledger::open(&data, config).expect("opens");
+        let rate = rust_decimal::Decimal::new(1, 2);
+        let canteen = ledger
+            .create_merchant("一食堂", onecard_engine::directory::MerchantCategory::Canteen, rate)
+            .expect("merchant");
+        let terminal_key = onecard_protocol::TerminalKey::new([9; 32]);
+        ledger.create_terminal(canteen.id, &terminal_key).expect("terminal");
+        ledger.close();
+        let file = dir.join("master.key");
+        crate::demo::write_private(&file, key.to_hex().as_bytes()).expect("writes");
+        (data, file, key)
+    }
+
+    fn key_in(file: &Path) -> String {
+        std::fs::read_to_string(file).expect("reads").trim().to_owned()
+    }
+
+    #[test]
+    fn a_rotation_interrupted_anywhere_is_finished_or_started_over_by_running_it_again() {
+        // Stopped after the store's write, before the files moved.
+        let (data, file, old) = sealed_store("rotate-written");
+        let new = MasterKey::generate().expect("random");
+        {
+            let store = Store::open(&data, 1).expect("opens");
+            rekey::rotate(&store, &old, &new).expect("rotates");
+        }
+        crate::demo::write_private(&beside(&file, ".new"), new.to_hex().as_bytes()).expect("w");
+        let source = Source::File(file.clone());
+        let done = rotate(&data, 1, &old, &source, None).expect("finishes");
+        assert_eq!(done.terminal_keys, None, "nothing sealed twice");
+        assert_eq!(key_in(&file), new.to_hex());
+        assert_eq!(key_in(done.retired_key_file.as_deref().expect("kept")), old.to_hex());
+        assert!(!beside(&file, ".new").exists());
+
+        // Stopped after the old key was retired, before the new one moved in: the
+        // key file is missing, so the settings see a new key.
+        let newer = MasterKey::generate().expect("random");
+        {
+            let store = Store::open(&data, 1).expect("opens");
+            rekey::rotate(&store, &new, &newer).expect("rotates");
+        }
+        std::fs::rename(&file, beside(&file, ".retired-1")).expect("retires");
+        crate::demo::write_private(&beside(&file, ".new"), newer.to_hex().as_bytes()).expect("w");
+        let (fresh, source) = resolve(None, &file).expect("resolves");
+        assert_eq!(source, Source::New(file.clone()));
+        let done = rotate(&data, 1, &fresh, &source, None).expect("finishes");
+        assert_eq!((done.terminal_keys, key_in(&file)), (None, newer.to_hex()));
+
+        // Stopped before the store's write: the key beside the file opens nothing, so
+        // the rotation starts over from the key in force.
+        let stale = MasterKey::generate().expect("random");
+        crate::demo::write_private(&beside(&file, ".new"), stale.to_hex().as_bytes()).expect("w");
+        let source = Source::File(file.clone());
+        let done = rotate(&data, 1, &newer, &source, None).expect("rotates");
+        assert_eq!(done.terminal_keys, Some(1));
+        let installed = key_in(&file);
+        assert!(installed != stale.to_hex() && installed != newer.to_hex());
+        let installed = MasterKey::from_hex(&installed).expect("a key");
+        let store = Store::open(&data, 1).expect("opens");
+        assert!(rekey::opens_with(&store, &installed).is_ok());
+        assert!(rekey::opens_with(&store, &newer).is_err());
+        drop(store);
+
+        // The key in the environment: the new one needs a file of its own.
+        let error = rotate(&data, 1, &installed, &Source::Environment, None).expect_err("where");
+        assert!(error.to_string().contains("--new-key-file"), "{error}");
+        let _ = std::fs::remove_dir_all(data.parent().expect("scratch"));
     }
 
     #[test]

@@ -58,8 +58,8 @@ fn add_to_balance(store: &Store, account: AccountId, fen: i64) {
 #[test]
 fn a_sale_moved_to_another_merchant_with_both_balances_is_named_by_its_seal() {
     let campus = campus_with_sales("chain-rewrite");
-    let chain = campus.config.master_key.chain_key();
     let store = Store::open(campus.dir.path(), 2).expect("opens");
+    let chain = chain_key(&campus, &store);
     let report = verify(&store, Some(&chain), None).expect("reads");
     assert!(report.is_clean(), "{report}");
     assert!(report.chain_checked);
@@ -100,7 +100,7 @@ fn a_sale_moved_to_another_merchant_with_both_balances_is_named_by_its_seal() {
     );
 
     // Another master key: no batch follows, and the report stays short.
-    let stranger = MasterKey::generate().expect("random").chain_key();
+    let stranger = MasterKey::generate().expect("random").new_chain_key().expect("seals").0;
     let report = verify(&store, Some(&stranger), None).expect("reads");
     let shard_0: Vec<&String> =
         report.problems.iter().filter(|p| p.starts_with("journal 0")).collect();
@@ -125,7 +125,7 @@ fn a_store_from_before_the_chain_is_sealed_from_its_next_batch_and_checked_from_
                 count += 1;
             }
         }
-        let report = verify(&store, Some(&campus.config.master_key.chain_key()), None);
+        let report = verify(&store, Some(&chain_key(&campus, &store)), None);
         let report = report.expect("reads");
         assert!(report.is_clean(), "{report}");
         assert_eq!(report.sealed_batches, 0);
@@ -152,7 +152,7 @@ fn a_store_from_before_the_chain_is_sealed_from_its_next_batch_and_checked_from_
     stripped[1] = UNSEALED_RECORD_VERSION;
     stripped.truncate(stripped.len() - SEAL_BYTES);
     store.db().put_cf(store.cf(&journal_cf(0)), key, stripped).expect("writes");
-    let report = verify(&store, Some(&campus.config.master_key.chain_key()), None);
+    let report = verify(&store, Some(&chain_key(&campus, &store)), None);
     assert_eq!(
         report.expect("reads").problems,
         vec![format!(

@@ -49,8 +49,7 @@ fn a_flipped_byte_in_an_sst_file_is_named_and_fails_verification() {
     let (campus, journal) = flushed_and_closed("corrupt-sst");
     {
         let store = Store::open(campus.dir.path(), 2).expect("opens");
-        let report =
-            verify(&store, Some(&campus.config.master_key.chain_key()), None).expect("reads");
+        let report = verify(&store, Some(&chain_key(&campus, &store)), None).expect("reads");
         assert!(report.is_clean(), "{report}");
         assert!(report.sst_files >= 3 && report.keys_checked > 200, "{report}");
     }
@@ -62,7 +61,7 @@ fn a_flipped_byte_in_an_sst_file_is_named_and_fails_verification() {
     std::fs::write(&path, bytes).expect("writes it back");
 
     let store = Store::open(campus.dir.path(), 2).expect("opening reads no data block");
-    let report = verify(&store, Some(&campus.config.master_key.chain_key()), None)
+    let report = verify(&store, Some(&chain_key(&campus, &store)), None)
         .expect("corruption is a finding, not an error");
     assert!(!report.is_clean());
     let named = &report.problems[0];
@@ -89,7 +88,7 @@ fn a_tampered_card_balance_is_named_with_what_its_postings_give() {
     money.balance_fen += 1_00;
     store.db().put_cf(balances, key, money.encode()).expect("writes");
 
-    let report = verify(&store, Some(&campus.config.master_key.chain_key()), None).expect("reads");
+    let report = verify(&store, Some(&chain_key(&campus, &store)), None).expect("reads");
     assert!(!report.is_clean());
     let expected =
         format!("{}: stored balance 9100 fen, postings give 9000 fen", AccountId::card(account));

@@ -1,11 +1,14 @@
 //! Terminal keys at rest: sealed with the master key, a store from before sealing
-//! sealed when it opens, and the wrong master key refused by name.
+//! sealed when it opens, the wrong master key refused by name, and a rotation of the
+//! master key that seals every secret anew.
 
 use onecard_engine::LedgerError;
 use onecard_engine::cards::CardType;
 use onecard_engine::directory::TerminalRecord;
+use onecard_engine::rekey;
 use onecard_engine::sealing::{MasterKey, SealError};
-use onecard_engine::store::{CF_CONTROL, control_key, prefixed_key};
+use onecard_engine::store::{CF_CONTROL, Store, control_key, prefixed_key};
+use onecard_engine::verify::verify;
 use onecard_protocol::AnswerCode;
 
 use crate::support::*;
@@ -68,4 +71,49 @@ fn a_rotated_key_is_sealed_too_and_the_wrong_master_key_is_refused_by_terminal()
     }
     campus.reopen();
     assert_eq!(campus.ledger().terminals().len(), 6, "the right key opens every terminal");
+}
+
+#[test]
+fn a_master_key_rotation_seals_every_secret_anew_and_the_history_still_checks() {
+    let mut campus = Campus::new("sealing-rotate");
+    campus.open_card(1001, CardType::Student);
+    campus.top_up(1001, 20_00);
+    assert_eq!(campus.buy(campus.terminals.canteen_a, 1001, 3_00).code, AnswerCode::Approved);
+    campus.ledger.take().expect("open").close();
+    let old = campus.config.master_key.clone();
+    let new = MasterKey::generate().expect("random");
+    {
+        let store = Store::open(campus.dir.path(), 2).expect("opens");
+        let stranger = MasterKey::generate().expect("random");
+        assert!(matches!(
+            rekey::rotate(&store, &stranger, &new),
+            Err(LedgerError::Sealing(SealError::WrongChainKey))
+        ));
+        assert!(rekey::opens_with(&store, &old).is_ok(), "a refused rotation wrote nothing");
+
+        let rotation = rekey::rotate(&store, &old, &new).expect("rotates");
+        assert_eq!(rotation.terminal_keys, 6);
+        assert!(rekey::opens_with(&store, &new).is_ok());
+        assert!(matches!(
+            rekey::opens_with(&store, &old),
+            Err(LedgerError::Sealing(SealError::WrongChainKey))
+        ));
+        let chain = onecard_engine::chain::load(&store, &new).expect("opens with the new key");
+        let report = verify(&store, Some(&chain), None).expect("reads");
+        assert!(report.is_clean() && report.sealed_batches == report.batches, "{report}");
+    }
+    match onecard_engine::Ledger::open(campus.dir.path(), campus.config.clone()) {
+        Err(LedgerError::Sealing(SealError::WrongKey { .. })) => {}
+        other => panic!("opened with the retired master key: {:?}", other.map(|_| ())),
+    }
+    campus.config.master_key = new;
+    campus.reopen();
+    let canteen = campus.terminals.canteen_a;
+    assert_eq!(
+        campus.config.master_key.open(canteen, &stored_record(&campus, canteen).sealed_key),
+        Ok(key(canteen))
+    );
+    assert_eq!(campus.buy(canteen, 1001, 2_00).code, AnswerCode::Approved);
+    campus.assert_verified();
+    assert_eq!(campus.balance(1001), 15_00);
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use onecard_engine::cards::{CardType, LimitOverrides};
+use onecard_engine::chain::ChainKey;
 use onecard_engine::directory::MerchantCategory;
 use onecard_engine::ledger::CardView;
 use onecard_engine::{Ledger, LedgerConfig, OpenCard, Submission};
@@ -159,6 +160,11 @@ impl Campus {
     pub fn transfers_committed(&self) -> u64 {
         self.ledger().verify().expect("reads").transfers
     }
+}
+
+/// The store's journal chain key, opened with the campus's master key.
+pub fn chain_key(campus: &Campus, store: &onecard_engine::store::Store) -> ChainKey {
+    onecard_engine::chain::load(store, &campus.config.master_key).expect("the chain key opens")
 }
 
 pub fn config(shards: usize) -> LedgerConfig {

@@ -143,6 +143,8 @@ fn a_maintenance_request_walks_to_its_rating_and_every_refusal_is_typed() {
 #[test]
 fn an_approved_adjustment_posts_exactly_once_even_when_the_ledger_fails_in_between() {
     let dir = TempDir::new("workflow-adjustment");
+    // One master key across the restart, as the service keeps it.
+    let config = config(2);
     let suspense = AccountId::single(AccountKind::Suspense);
     let form = json!({
         "debit": "channel_clearing:1",
@@ -153,7 +155,7 @@ fn an_approved_adjustment_posts_exactly_once_even_when_the_ledger_fails_in_betwe
     let maker = actor("finance.li", &["finance"]);
     let checker = actor("finance.zhao", &["finance"]);
     let id = {
-        let ledger = Arc::new(Ledger::open(dir.path(), config(2)).expect("opens"));
+        let ledger = Arc::new(Ledger::open(dir.path(), config.clone()).expect("opens"));
         let workflows = Workflows::new(Arc::clone(&ledger), &[]).expect("built-ins");
         let mut bad = form.clone();
         bad["amount_fen"] = json!(-1);
@@ -178,7 +180,7 @@ fn an_approved_adjustment_posts_exactly_once_even_when_the_ledger_fails_in_betwe
         id
     };
     // Restarted, recovery finishes what was approved, once.
-    let ledger = Arc::new(Ledger::open(dir.path(), config(2)).expect("reopens"));
+    let ledger = Arc::new(Ledger::open(dir.path(), config).expect("reopens"));
     let workflows = Workflows::new(Arc::clone(&ledger), &[]).expect("built-ins");
     assert_eq!(workflows.recover().expect("recovers"), [id]);
     assert!(workflows.recover().expect("recovers").is_empty(), "once");

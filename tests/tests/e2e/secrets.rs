@@ -1,17 +1,19 @@
 //! Secrets: terminal keys are sealed at rest with the master key, and no answer, log
 //! line or stored byte carries a terminal key, the master key or a password hash; a
-//! store opened with the wrong master key is refused by name; each operator role
+//! store opened with the wrong master key is refused by name; a rotation of the master
+//! key seals every secret anew and keeps the old key; each operator role
 //! reaches its own endpoints and no other's, and every refusal is counted.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 
 use onecard_protocol::{AnswerCode, TerminalKey};
-use onecard_tests::{Api, Server, TempDir, metric, onecard_binary};
+use onecard_tests::{Api, Server, TempDir, metric, onecard_binary, run_onecard};
 use serde_json::{Value, json};
 
 use crate::support::{
-    TerminalSpec, merchant, one_attempt, open_card, operator, outcome, purchase, top_up,
+    Campus, TerminalSpec, merchant, one_attempt, open_card, operator, outcome, purchase, top_up,
 };
 
 /// Whether `needle` (or its hex, either case) occurs anywhere in the files under `dir`,
@@ -245,4 +247,60 @@ fn each_role_reaches_its_own_endpoints_and_is_refused_every_other_one() {
     let expected: usize = endpoints().iter().map(|e| ALL.len() - e.roles.len()).sum();
     assert_eq!(refused as usize, expected);
     assert_eq!(forbidden_count(&server) - before, f64::from(refused), "every refusal counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_rotation_reseals_every_secret_and_keeps_the_old_key_for_old_backups() {
+    let campus = Campus::build("secrets-rotate", 2, &[]).await;
+    let Campus { server, dir, cards, canteen, .. } = campus;
+    let window = canteen.connect(&server).await;
+    let (code, _) = outcome(&window.call(purchase(cards[0], 1_00)).await.expect("answered"));
+    assert_eq!(code, AnswerCode::Approved);
+    drop(window);
+    assert!(server.stop().success());
+
+    let data_dir = dir.path().to_str().expect("UTF-8");
+    let key_file = dir.path().join("master.key");
+    let old_key = std::fs::read_to_string(&key_file).expect("serve wrote the key");
+    let said = run_onecard(&["master-key", "rotate", "--data-dir", data_dir]);
+    assert!(
+        said.contains("master key rotated: 3 terminal keys and the journal chain key"),
+        "{said}"
+    );
+    assert!(!said.contains(old_key.trim()), "never prints a key: {said}");
+    let new_key = std::fs::read_to_string(&key_file).expect("the new key is in place");
+    assert_ne!(new_key, old_key);
+    let mode = std::fs::metadata(&key_file).expect("exists").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!dir.path().join("master.key.new").exists(), "nothing left half done");
+    let retired: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("lists")
+        .map(|entry| entry.expect("an entry").path())
+        .filter(|path| path.to_string_lossy().contains("master.key.retired-"))
+        .collect();
+    assert_eq!(retired.len(), 1, "the old key is kept for the backups that need it");
+    assert_eq!(std::fs::read_to_string(&retired[0]).expect("reads"), old_key);
+    assert!(said.contains(&retired[0].display().to_string()), "and says where: {said}");
+
+    let report = onecard_tests::verify(dir.path());
+    assert!(
+        report.contains("the journal chain checked"),
+        "history checks under the new key: {report}"
+    );
+    let with_old = Command::new(onecard_binary())
+        .args(["verify", "--data-dir", data_dir])
+        .env("ONECARD_MASTER_KEY", old_key.trim())
+        .output()
+        .expect("runs");
+    assert!(!with_old.status.success());
+    let refusal = String::from_utf8_lossy(&with_old.stderr);
+    assert!(refusal.contains("does not open with this master key"), "{refusal}");
+
+    let server = Server::start(dir.path());
+    let window = canteen.connect(&server).await;
+    let (code, _) = outcome(&window.call(purchase(cards[0], 2_00)).await.expect("answered"));
+    assert_eq!(code, AnswerCode::Approved, "the terminals sign on under the new master key");
+    drop(window);
+    assert!(server.stop().success());
+    assert!(onecard_tests::verify(dir.path()).contains("ledger verified"));
 }
