@@ -7,15 +7,28 @@
 //! [`AuditLog::append`]s. A change's record is synced before the change is answered;
 //! a refused attempt's record is written unsynced and becomes durable with the next
 //! synced write, so refusals cannot be turned into a flood of fsyncs.
+//!
+//! Each record is sealed to the one before it with the journal chain's key, as a
+//! journal's batches are ([`crate::chain`]), under its own chain id
+//! ([`AUDIT_CHAIN`]): the seal is HMAC-SHA256 of the chain id, the previous record's
+//! seal and the record's JSON without its seal. A record changed or removed by hand is
+//! named by `verify`. Records are therefore written one at a time, in sequence order;
+//! a sequence is used only once its record is written, so the log has no gaps.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use rocksdb::{Direction, IteratorMode};
 use serde::{Deserialize, Serialize};
 
+use crate::chain::{ChainKey, SEAL_BYTES, Seal};
 use crate::journal::CONTROL_JOURNAL;
+use crate::ledger::LedgerError;
 use crate::storage::StorageError;
 use crate::store::{CF_AUDIT, Store};
+
+/// The audit log's id in the chain's seals: one no journal has (shards are 0–63, the
+/// control journal 255).
+pub const AUDIT_CHAIN: u8 = 254;
 
 /// Records one audit page returns at most.
 pub const AUDIT_PAGE_MAX: usize = 500;
@@ -55,6 +68,27 @@ pub struct AuditRecord {
     pub from: String,
     /// Why refused, or what changed; never a secret.
     pub detail: String,
+    /// The record's seal, hex; absent on records written before the audit chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
+}
+
+impl AuditRecord {
+    /// The bytes a seal covers: the record's JSON without its seal.
+    #[must_use]
+    pub fn sealed_bytes(&self) -> Vec<u8> {
+        let unsealed = Self { seal: None, ..self.clone() };
+        serde_json::to_vec(&unsealed).expect("an audit record always serialises")
+    }
+
+    /// The seal the record carries; `None` if it has none, or one that is not 32
+    /// bytes of hex.
+    #[must_use]
+    pub fn carried_seal(&self) -> Option<Seal> {
+        let mut bytes = [0u8; SEAL_BYTES];
+        hex::decode_to_slice(self.seal.as_deref()?, &mut bytes).ok()?;
+        Some(Seal(bytes))
+    }
 }
 
 /// What a caller supplies; the log adds the sequence and the time.
@@ -74,10 +108,18 @@ pub struct AuditEntry<'a> {
     pub detail: &'a str,
 }
 
-/// Hands out sequence numbers and writes records.
+/// Hands out sequence numbers and writes records, sealed in order.
 #[derive(Debug)]
 pub struct AuditLog {
-    next_sequence: AtomicU64,
+    chain: ChainKey,
+    /// The next sequence and the last record's seal; held while a record is written.
+    tail: Mutex<Tail>,
+}
+
+#[derive(Debug)]
+struct Tail {
+    next_sequence: u64,
+    last_seal: Seal,
 }
 
 fn key(sequence: u64) -> [u8; 8] {
@@ -97,17 +139,25 @@ fn cut(text: &str, max: usize) -> String {
 }
 
 impl AuditLog {
-    /// Finds where the log in `store` ends.
+    /// Finds where the log in `store` ends, and the seal its next record follows.
     ///
     /// # Errors
-    /// If the store cannot be read.
-    pub fn open(store: &Store) -> Result<Self, rocksdb::Error> {
+    /// If the store cannot be read, or its last record cannot be parsed.
+    pub fn open(store: &Store, chain: ChainKey) -> Result<Self, LedgerError> {
         let mut iter = store.db().raw_iterator_cf(store.cf(CF_AUDIT));
         iter.seek_to_last();
         iter.status()?;
-        let last =
-            iter.key().and_then(|key| <[u8; 8]>::try_from(key).ok()).map_or(0, u64::from_be_bytes);
-        Ok(Self { next_sequence: AtomicU64::new(last + 1) })
+        let last = match iter.value() {
+            Some(value) => Some(serde_json::from_slice::<AuditRecord>(value).map_err(|e| {
+                LedgerError::Corrupt { what: "audit record", detail: e.to_string() }
+            })?),
+            None => None,
+        };
+        let tail = Tail {
+            next_sequence: last.as_ref().map_or(0, |record| record.sequence) + 1,
+            last_seal: last.as_ref().and_then(AuditRecord::carried_seal).unwrap_or(Seal::GENESIS),
+        };
+        Ok(Self { chain, tail: Mutex::new(tail) })
     }
 
     /// Appends a record and returns it: synced for a change, into the log's next
@@ -121,8 +171,9 @@ impl AuditLog {
         store: &Store,
         entry: &AuditEntry<'_>,
     ) -> Result<AuditRecord, StorageError> {
-        let record = AuditRecord {
-            sequence: self.next_sequence.fetch_add(1, Ordering::AcqRel),
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut record = AuditRecord {
+            sequence: tail.next_sequence,
             at_ms: crate::date::now_ms(),
             actor: cut(entry.actor, crate::limits::NAME_BYTES_MAX),
             action: cut(entry.action, crate::limits::NAME_BYTES_MAX),
@@ -130,7 +181,10 @@ impl AuditLog {
             outcome: entry.outcome,
             from: cut(entry.from, crate::limits::NAME_BYTES_MAX),
             detail: cut(entry.detail, AUDIT_DETAIL_BYTES_MAX),
+            seal: None,
         };
+        let seal = self.chain.seal(AUDIT_CHAIN, &tail.last_seal, &record.sealed_bytes());
+        record.seal = Some(hex::encode(seal.0));
         let value = serde_json::to_vec(&record).expect("an audit record always serialises");
         // A change's record is synced before the change is answered. A refusal's
         // record goes to the write-ahead log unsynced and rides the next sync (every
@@ -143,6 +197,8 @@ impl AuditLog {
         let mut write = rocksdb::WriteBatch::default();
         write.put_cf(store.cf(CF_AUDIT), key(record.sequence), value);
         store.write(CONTROL_JOURNAL, write, sync)?;
+        tail.next_sequence += 1;
+        tail.last_seal = seal;
         Ok(record)
     }
 

@@ -496,7 +496,7 @@ impl Ledger {
         let control_date = BusinessDate::from_yyyymmdd(control.last_date);
         let shards = store.shards();
         let blacklist_version = control.blacklist_version;
-        let audit = AuditLog::open(&store)?;
+        let audit = AuditLog::open(&store, chain.clone())?;
         let settled = crate::settlement::load_settled_dates(&store)?;
         let shared = Arc::new(Shared {
             store,

@@ -10,7 +10,7 @@
 //! - given the chain key, every sealed batch's seal follows the one before it in its
 //!   journal ([`crate::chain`]), so a batch rewritten, removed or slipped in is named
 //!   even if every balance was changed to match; and no unsealed batch follows a
-//!   sealed one;
+//!   sealed one; the same of the audit log's records ([`crate::audit`]);
 //! - transfer ids are dense within each journal, and every transfer is positive and
 //!   between two different accounts;
 //! - the sum of all debits equals the sum of all credits;
@@ -26,11 +26,14 @@ use std::collections::HashMap;
 use rocksdb::IteratorMode;
 
 use crate::account::{AccountId, AccountKind};
+use crate::audit::{AUDIT_CHAIN, AuditRecord};
 use crate::cards::CardMoney;
 use crate::chain::{ChainKey, Seal};
 use crate::journal::{Batch, CONTROL_JOURNAL, batch_key, first_transfer_id};
 use crate::shard::TerminalState;
-use crate::store::{CF_BALANCES, KEY_CARD_POOL, Store, is_card_balance_key, journal_cf, shard_key};
+use crate::store::{
+    CF_AUDIT, CF_BALANCES, KEY_CARD_POOL, Store, is_card_balance_key, journal_cf, shard_key,
+};
 
 /// What `verify` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +44,10 @@ pub struct VerifyReport {
     pub transfers: u64,
     /// Batches that carry a seal.
     pub sealed_batches: u64,
+    /// Audit records read.
+    pub audit_records: u64,
+    /// Audit records that carry a seal.
+    pub sealed_audit_records: u64,
     /// Whether the seals were checked (the chain key was given).
     pub chain_checked: bool,
     /// Accounts with a balance.
@@ -77,8 +84,8 @@ impl std::fmt::Display for VerifyReport {
         let chain = if self.chain_checked { "checked" } else { "not checked: no master key" };
         writeln!(
             f,
-            "{} of {} batches sealed; the journal chain {chain}",
-            self.sealed_batches, self.batches
+            "{} of {} batches and {} of {} audit records sealed; the journal chain {chain}",
+            self.sealed_batches, self.batches, self.sealed_audit_records, self.audit_records
         )?;
         writeln!(
             f,
@@ -116,55 +123,80 @@ enum Link {
     Unknown,
 }
 
-/// Checks one batch's place in its journal's chain.
+/// Walks one chain, a journal's batches or the audit log's records, in order.
 struct ChainWalk<'a> {
     key: Option<&'a ChainKey>,
-    journal: u8,
+    /// The chain's id in its seals: the journal number, or [`AUDIT_CHAIN`].
+    chain_id: u8,
+    /// How problems name the chain (`journal 0`, `audit log`) and its links (`batch`).
+    place: String,
+    unit: &'static str,
+    units: &'static str,
     link: Link,
     breaks: u64,
 }
 
-impl ChainWalk<'_> {
-    fn batch(&mut self, batch: &Batch, record: &[u8], report: &mut VerifyReport) {
-        let journal = self.journal;
-        let Some(seal) = batch.seal else {
+impl<'a> ChainWalk<'a> {
+    fn journal(key: Option<&'a ChainKey>, journal: u8) -> Self {
+        let place = format!("journal {journal}");
+        let (unit, units) = ("batch", "batches");
+        Self { key, chain_id: journal, place, unit, units, link: Link::Before, breaks: 0 }
+    }
+
+    fn audit(key: Option<&'a ChainKey>) -> Self {
+        let place = "audit log".to_owned();
+        let (unit, units) = ("record", "records");
+        Self { key, chain_id: AUDIT_CHAIN, place, unit, units, link: Link::Before, breaks: 0 }
+    }
+
+    /// Checks link `number`, which carries `seal` over `sealed` (its bytes before the
+    /// seal); returns whether it carries a seal.
+    fn link(
+        &mut self,
+        number: u64,
+        seal: Option<Seal>,
+        sealed: &[u8],
+        report: &mut VerifyReport,
+    ) -> bool {
+        let (place, unit, units) = (&self.place, self.unit, self.units);
+        let Some(seal) = seal else {
             if matches!(self.link, Link::After(_)) {
                 report.problems.push(format!(
-                    "journal {journal} batch {}: no seal, after sealed batches (written by \
-                     hand, or by a build before the chain)",
-                    batch.number
+                    "{place} {unit} {number}: no seal, after sealed {units} (written by \
+                     hand, or by a build before the chain)"
                 ));
             }
-            return;
+            return false;
         };
-        report.sealed_batches += 1;
         let previous = match self.link {
             Link::Before => Some(Seal::GENESIS),
             Link::After(previous) => Some(previous),
             Link::Unknown => None,
         };
         self.link = Link::After(seal);
-        let (Some(key), Some(previous)) = (self.key, previous) else { return };
-        if key.seal(journal, &previous, Batch::sealed_bytes(record)).matches(&seal) {
-            return;
+        let (Some(key), Some(previous)) = (self.key, previous) else { return true };
+        if key.seal(self.chain_id, &previous, sealed).matches(&seal) {
+            return true;
         }
         self.breaks += 1;
         if self.breaks <= CHAIN_BREAKS_NAMED_MAX {
             report.problems.push(format!(
-                "journal {journal} batch {}: its seal does not follow the batch before it \
-                 (the batch was changed, one was removed or slipped in before it, or the \
+                "{} {unit} {number}: its seal does not follow the {unit} before it \
+                 (the {unit} was changed, one was removed or slipped in before it, or the \
                  master key is not this store's)",
-                batch.number
+                self.place
             ));
         }
+        true
     }
 
     fn finish(self, report: &mut VerifyReport) {
         if self.breaks > CHAIN_BREAKS_NAMED_MAX {
             report.problems.push(format!(
-                "journal {}: {} more batches whose seals do not follow",
-                self.journal,
-                self.breaks - CHAIN_BREAKS_NAMED_MAX
+                "{}: {} more {} whose seals do not follow",
+                self.place,
+                self.breaks - CHAIN_BREAKS_NAMED_MAX,
+                self.units
             ));
         }
     }
@@ -199,7 +231,7 @@ pub fn verify(
     for journal in journals {
         let cf = store.cf(&journal_cf(journal));
         let mut expected_id = first_transfer_id(journal);
-        let mut walk = ChainWalk { key: chain, journal, link: Link::Before, breaks: 0 };
+        let mut walk = ChainWalk::journal(chain, journal);
         let start = batch_key(first_transfer_id(journal) - 1, 0);
         for item in
             store.db().iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward))
@@ -232,7 +264,9 @@ pub fn verify(
                 ));
             }
             expected_id = batch.next_transfer_id();
-            walk.batch(&batch, &value, &mut report);
+            if walk.link(batch.number, batch.seal, Batch::sealed_bytes(&value), &mut report) {
+                report.sealed_batches += 1;
+            }
             for transfer in &batch.transfers {
                 report.transfers += 1;
                 report.debits_fen += transfer.amount_fen;
@@ -268,7 +302,52 @@ pub fn verify(
     }
     check_balances(store, derived, &mut report)?;
     check_marks(store, &last_ids, &mut report)?;
+    check_audit(store, chain, &mut report)?;
     Ok(report)
+}
+
+/// Walks the audit log's chain: every record parses, sits under its own sequence, and
+/// (given the key) follows the record before it.
+fn check_audit(
+    store: &Store,
+    chain: Option<&ChainKey>,
+    report: &mut VerifyReport,
+) -> Result<(), rocksdb::Error> {
+    let mut walk = ChainWalk::audit(chain);
+    for item in store.db().iterator_cf(store.cf(CF_AUDIT), IteratorMode::Start) {
+        let (key, value) = item?;
+        report.audit_records += 1;
+        let stored_at = <[u8; 8]>::try_from(key.as_ref()).ok().map(u64::from_be_bytes);
+        let record = match serde_json::from_slice::<AuditRecord>(&value) {
+            Ok(record) if stored_at == Some(record.sequence) => record,
+            Ok(record) => {
+                report.problems.push(format!(
+                    "audit record {} is stored under key {}",
+                    record.sequence,
+                    hex::encode(&key)
+                ));
+                continue;
+            }
+            Err(error) => {
+                report.problems.push(format!("audit key {}: {error}", hex::encode(&key)));
+                walk.link = Link::Unknown;
+                continue;
+            }
+        };
+        let seal = record.carried_seal();
+        if record.seal.is_some() && seal.is_none() {
+            report
+                .problems
+                .push(format!("audit record {}: its seal is not a seal", record.sequence));
+            walk.link = Link::Unknown;
+            continue;
+        }
+        if walk.link(record.sequence, seal, &record.sealed_bytes(), report) {
+            report.sealed_audit_records += 1;
+        }
+    }
+    walk.finish(report);
+    Ok(())
 }
 
 /// Reads every key of every column family with block checksums verified and without

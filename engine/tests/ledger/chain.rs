@@ -1,13 +1,14 @@
 //! The journal chain: history rewritten together with its balances, which every sum
 //! in `verify` accepts, is named by the seal that no longer follows; a store from
-//! before the chain is sealed from its next batch on.
+//! before the chain is sealed from its next batch on; the audit log is chained alike.
 
 use onecard_engine::account::AccountId;
+use onecard_engine::audit::{AuditEntry, AuditRecord, Outcome};
 use onecard_engine::cards::CardType;
 use onecard_engine::chain::SEAL_BYTES;
 use onecard_engine::journal::{Batch, CONTROL_JOURNAL, UNSEALED_RECORD_VERSION};
 use onecard_engine::sealing::MasterKey;
-use onecard_engine::store::{CF_BALANCES, Store, journal_cf};
+use onecard_engine::store::{CF_AUDIT, CF_BALANCES, Store, journal_cf};
 use onecard_engine::verify::verify;
 use onecard_protocol::AnswerCode;
 
@@ -160,4 +161,55 @@ fn a_store_from_before_the_chain_is_sealed_from_its_next_batch_and_checked_from_
              build before the chain)"
         )]
     );
+}
+
+#[test]
+fn an_audit_record_changed_by_hand_is_named_by_its_seal_and_the_log_continues_after_a_restart() {
+    let mut campus = Campus::new("chain-audit");
+    let entry = |actor: &'static str, outcome| AuditEntry {
+        actor,
+        action: "card.freeze",
+        target: "card:2001",
+        outcome,
+        from: "10.2.3.4",
+        detail: "",
+    };
+    for actor in ["clerk.wang", "clerk.li", "clerk.wang"] {
+        campus.ledger().audit(&entry(actor, Outcome::Ok)).expect("audited");
+    }
+    campus.ledger().audit(&entry("-", Outcome::Refused)).expect("audited");
+    campus.reopen();
+    let after = campus.ledger().audit(&entry("clerk.zhao", Outcome::Ok)).expect("audited");
+    assert_eq!(after.sequence, 5, "the log goes on where it stopped, with no gap");
+    let report = campus.ledger().verify().expect("reads");
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.audit_records, report.sealed_audit_records), (5, 5));
+    campus.ledger.take().expect("open").close();
+
+    // Who froze the card, changed after the fact.
+    let store = Store::open(campus.dir.path(), 2).expect("opens");
+    let audit = store.cf(CF_AUDIT);
+    let key = 2u64.to_be_bytes();
+    let stored = store.db().get_cf(audit, key).expect("reads").expect("record 2");
+    let mut record: AuditRecord = serde_json::from_slice(&stored).expect("parses");
+    assert_eq!(record.actor, "clerk.li");
+    record.actor = "clerk.wang".to_owned();
+    store.db().put_cf(audit, key, serde_json::to_vec(&record).expect("json")).expect("writes");
+
+    let report = verify(&store, Some(&chain_key(&campus, &store)), None).expect("reads");
+    assert_eq!(
+        report.problems,
+        vec![
+            "audit log record 2: its seal does not follow the record before it (the record \
+             was changed, one was removed or slipped in before it, or the master key is not \
+             this store's)"
+                .to_owned()
+        ]
+    );
+    // A record removed: the one after it no longer follows.
+    store.db().put_cf(audit, key, &stored).expect("puts it back");
+    store.db().delete_cf(audit, 4u64.to_be_bytes()).expect("deletes");
+    let report = verify(&store, Some(&chain_key(&campus, &store)), None).expect("reads");
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert!(report.problems[0].starts_with("audit log record 5: its seal does not follow"));
 }

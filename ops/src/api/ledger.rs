@@ -159,6 +159,9 @@ pub struct VerifyJson {
     sealed_batches: u64,
     /// Whether every seal was checked against the batch before it.
     chain_checked: bool,
+    /// Audit records read, and those that end in an audit-chain seal.
+    audit_records: u64,
+    sealed_audit_records: u64,
     transfers: u64,
     accounts: u64,
     debits_yuan: String,
@@ -185,6 +188,8 @@ pub async fn verify(State(state): State<AppState>, caller: Caller) -> ApiResult<
         batches: report.batches,
         sealed_batches: report.sealed_batches,
         chain_checked: report.chain_checked,
+        audit_records: report.audit_records,
+        sealed_audit_records: report.sealed_audit_records,
         transfers: report.transfers,
         accounts: report.accounts,
         debits_yuan: yuan(report.debits_fen),

@@ -296,6 +296,8 @@ async fn a_purchase_storm_on_one_card_from_every_shard_spends_it_exactly_once() 
     assert_eq!((status, &report["clean"]), (200, &serde_json::json!(true)), "{report}");
     assert_eq!(report["chain_checked"], serde_json::json!(true), "{report}");
     assert_eq!(report["sealed_batches"], report["batches"], "every batch sealed: {report}");
+    assert!(report["audit_records"].as_u64() > Some(0), "the admin's changes: {report}");
+    assert_eq!(report["sealed_audit_records"], report["audit_records"], "all sealed: {report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
