@@ -119,7 +119,7 @@ impl Ledger {
             kind: TransferKind::Adjustment,
             card_number: 0,
         };
-        self.commit_control(&mut control, &[transfer], |write, cf| {
+        self.commit_control(&mut control, &[], &[transfer], |write, cf| {
             write.put_cf(cf, posted_key(order.id), transfer_id.to_be_bytes());
         })?;
         drop(control);

@@ -8,6 +8,7 @@
 //! checks (state, expiry, limits, PIN, funds) and its debit happen under one lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use onecard_protocol::CardState;
@@ -324,13 +325,27 @@ pub struct CardAccount {
     /// The card account number.
     pub number: u64,
     state: Mutex<AccountState>,
+    /// A control write on this account failed: it may or may not be on disk, so the
+    /// state in memory may not be the account's. Set without the lock (the writer
+    /// holds it); cleared only by a restart, which reads the disk.
+    in_doubt: AtomicBool,
 }
 
 impl CardAccount {
     /// Wraps a state.
     #[must_use]
     pub fn new(state: AccountState) -> Self {
-        Self { number: state.record.account_number, state: Mutex::new(state) }
+        Self {
+            number: state.record.account_number,
+            state: Mutex::new(state),
+            in_doubt: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a failed control write left this account's memory in doubt.
+    #[must_use]
+    pub fn in_doubt(&self) -> bool {
+        self.in_doubt.load(Ordering::Acquire)
     }
 
     /// Locks the account. Nothing panics while holding it, so a poisoned lock still
@@ -355,9 +370,27 @@ pub struct CardEntry {
 pub struct CardTable {
     by_card: RwLock<HashMap<u64, CardEntry>>,
     by_account: RwLock<HashMap<u64, Arc<CardAccount>>>,
+    /// Whether any account is in doubt: the shards' one load on the common path.
+    any_in_doubt: AtomicBool,
 }
 
 impl CardTable {
+    /// Marks `account_number` in doubt ([`CardAccount::in_doubt`]) until restart.
+    /// Returns whether it is a card account this table holds.
+    pub fn put_in_doubt(&self, account_number: u64) -> bool {
+        let Some(account) = self.account(account_number) else { return false };
+        account.in_doubt.store(true, Ordering::Release);
+        self.any_in_doubt.store(true, Ordering::Release);
+        true
+    }
+
+    /// Whether card number `card_number` belongs to an account in doubt.
+    #[must_use]
+    pub fn card_in_doubt(&self, card_number: u64) -> bool {
+        self.any_in_doubt.load(Ordering::Acquire)
+            && self.card(card_number).is_some_and(|card| card.account.in_doubt())
+    }
+
     /// The entry for a card number.
     #[must_use]
     pub fn card(&self, card_number: u64) -> Option<CardEntry> {

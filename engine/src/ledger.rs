@@ -1366,7 +1366,7 @@ impl Ledger {
                 deposit_fen: open.deposit_fen,
             });
         }
-        self.commit_control(&mut control, &transfers, |write, cf| {
+        self.commit_control(&mut control, &[], &transfers, |write, cf| {
             for record in &records {
                 put_account(write, cf, record);
                 put_card(write, cf, record.card_number, record.account_number, 0);
@@ -1455,7 +1455,7 @@ impl Ledger {
         let mut control = self.control();
         let listed = to != CardState::Active;
         let version = control.blacklist_version + 1;
-        self.commit_control(&mut control, &[], |write, cf| {
+        self.commit_control(&mut control, &[account.number], &[], |write, cf| {
             put_account(write, cf, &record);
             put_blacklist(write, cf, version, card_number, listed);
         })?;
@@ -1515,7 +1515,7 @@ impl Ledger {
             .collect();
         let version = control.blacklist_version + 1;
         let account_number = record.account_number;
-        self.commit_control(&mut control, &transfers, |write, cf| {
+        self.commit_control(&mut control, &[account_number], &transfers, |write, cf| {
             put_account(write, cf, &record);
             put_card(write, cf, old_card, account_number, now);
             put_card(write, cf, new_card, account_number, 0);
@@ -1595,7 +1595,7 @@ impl Ledger {
         let mut record = state.record.clone();
         change(&mut record)?;
         let mut control = self.control();
-        self.commit_control(&mut control, &[], |write, cf| {
+        self.commit_control(&mut control, &[account.number], &[], |write, cf| {
             put_account(write, cf, &record);
         })?;
         drop(control);
@@ -1649,7 +1649,7 @@ impl Ledger {
         record.deposit_fen = 0;
         let mut control = self.control();
         let version = control.blacklist_version + 1;
-        self.commit_control(&mut control, &transfers, |write, cf| {
+        self.commit_control(&mut control, &[account_number], &transfers, |write, cf| {
             put_account(write, cf, &record);
             put_blacklist(write, cf, version, card_number, true);
         })?;
@@ -1693,7 +1693,7 @@ impl Ledger {
             card_number,
         };
         let mut control = self.control();
-        self.commit_control(&mut control, &[transfer], |_, _| {})?;
+        self.commit_control(&mut control, &[], &[transfer], |_, _| {})?;
         drop(control);
         match purse {
             Purse::Main => state.balance_fen += amount_fen,
@@ -1820,7 +1820,7 @@ impl Ledger {
             }
             None => None,
         };
-        self.commit_control(&mut control, &transfers, |write, cf| {
+        self.commit_control(&mut control, &[], &transfers, |write, cf| {
             if let Some((marker_key, value)) = &marker {
                 write.put_cf(cf, marker_key, value);
             }
@@ -1863,7 +1863,7 @@ impl Ledger {
             card_number: 0,
         };
         let mut control = self.control();
-        self.commit_control(&mut control, &[transfer], |_, _| {})?;
+        self.commit_control(&mut control, &[], &[transfer], |_, _| {})?;
         drop(control);
         state.restricted_fen = 0;
         Ok(fen)
@@ -1887,7 +1887,40 @@ impl Ledger {
 
     /// Writes one control batch: the transfers (with their balance merges and index
     /// keys) and whatever records `records` adds, synced.
+    ///
+    /// If the write fails, every card account it touches (`accounts`, and the card
+    /// purses its transfers move) is put in doubt until the restart: the write may
+    /// have reached the disk although the caller leaves memory as it was, so the
+    /// shards refuse the account's cards (`ServiceUnavailable`) rather than decide on
+    /// a balance or a state that may no longer be the account's.
     pub(crate) fn commit_control(
+        &self,
+        control: &mut ControlState,
+        accounts: &[u64],
+        transfers: &[ControlTransfer],
+        records: impl FnOnce(&mut WriteBatch, &ColumnFamily),
+    ) -> Result<(), ControlError> {
+        let written = self.write_control(control, transfers, records);
+        if written.is_err() {
+            let purses = transfers
+                .iter()
+                .flat_map(|transfer| [transfer.debit, transfer.credit])
+                .filter(|account| account.kind().is_card())
+                .map(AccountId::number);
+            for account in accounts.iter().copied().chain(purses) {
+                if self.shared.cards.put_in_doubt(account) {
+                    tracing::error!(
+                        account,
+                        "a control write on this card account failed; its cards are refused \
+                         until the restart"
+                    );
+                }
+            }
+        }
+        written
+    }
+
+    fn write_control(
         &self,
         control: &mut ControlState,
         transfers: &[ControlTransfer],

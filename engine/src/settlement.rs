@@ -684,7 +684,7 @@ impl Ledger {
         };
         let record = serde_json::to_vec(&settlement)
             .map_err(|error| ControlError::Corrupt(format!("settlement record: {error}")))?;
-        self.commit_control(&mut control, &transfers, |write, cf| {
+        self.commit_control(&mut control, &[], &transfers, |write, cf| {
             write.put_cf(cf, settlement_key(date), &record);
         })?;
         drop(control);

@@ -657,6 +657,11 @@ impl ShardWriter {
                 None => refusal(request, AnswerCode::StaleSequence),
             };
         }
+        if self.names_card_in_doubt(request) {
+            // Not retained: once a restart has read the account back, the same
+            // sequence is decided afresh.
+            return refusal(request, AnswerCode::ServiceUnavailable);
+        }
         let entries_before = work.entries.len();
         let mut retained = match request {
             Request::Purchase(purchase) => self.purchase(work, terminal, submission, purchase),
@@ -680,6 +685,23 @@ impl ShardWriter {
         window.push(retained);
         terminal.last_sequence.store(window.last_sequence, Ordering::Release);
         answer
+    }
+
+    /// Whether the request names a card whose account a failed control write left in
+    /// doubt ([`crate::cards::CardAccount::in_doubt`]). One atomic load while none is.
+    fn names_card_in_doubt(&self, request: &Request) -> bool {
+        let cards = &self.shared.cards;
+        match request {
+            Request::Purchase(purchase) => cards.card_in_doubt(purchase.card_number),
+            Request::TopUp(top_up) => cards.card_in_doubt(top_up.card_number),
+            Request::BalanceInquiry(inquiry) => cards.card_in_doubt(inquiry.card_number),
+            Request::Refund(refund) => cards.card_in_doubt(refund.card_number),
+            Request::Reversal(reversal) => cards.card_in_doubt(reversal.card_number),
+            Request::OfflineUpload(upload) => {
+                upload.records.iter().any(|record| cards.card_in_doubt(record.card_number))
+            }
+            _ => false,
+        }
     }
 
     /// Records an entry in the batch and returns the window entry for it.

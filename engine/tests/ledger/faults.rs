@@ -115,6 +115,8 @@ fn a_full_disk_poisons_every_journal_that_tries_to_write_and_a_restart_is_clean(
 #[test]
 fn a_failed_control_write_changes_nothing_and_poisons_the_control_plane_alone() {
     let (mut campus, _) = funded("fault-control");
+    campus.open_card(1002, CardType::Student);
+    campus.top_up(1002, 10_00);
     campus.ledger().inject_fault(plan(Fault::WriteFails, Some(CONTROL_JOURNAL)));
     assert!(matches!(campus.ledger().report_lost(1001), Err(ControlError::Write(_))));
     assert_eq!(campus.ledger().card(1001).expect("card").state, CardState::Active);
@@ -124,9 +126,47 @@ fn a_failed_control_write_changes_nothing_and_poisons_the_control_plane_alone() 
         "refused until restart"
     );
     assert!(poisoned(&campus).is_empty(), "the shards go on");
-    assert_eq!(campus.buy(campus.terminals.canteen_a, 1001, 1_00).code, AnswerCode::Approved);
+    assert_eq!(campus.buy(campus.terminals.canteen_a, 1002, 1_00).code, AnswerCode::Approved);
+    assert_eq!(
+        campus.buy(campus.terminals.canteen_a, 1001, 1_00).code,
+        AnswerCode::ServiceUnavailable,
+        "the card the failed write was about is in doubt until the restart"
+    );
     campus.reopen();
+    assert_eq!(campus.buy(campus.terminals.canteen_a, 1001, 1_00).code, AnswerCode::Approved);
     assert!(!campus.ledger().control_poisoned());
     campus.ledger().report_lost(1001).expect("writes after the restart");
+    campus.assert_verified();
+}
+
+#[test]
+fn a_card_closed_by_a_write_whose_sync_failed_is_refused_until_the_restart_reads_the_disk() {
+    let (mut campus, _) = funded("fault-control-sync");
+    campus.open_card(1002, CardType::Student);
+    campus.top_up(1002, 10_00);
+    let canteen = campus.terminals.canteen_a;
+    // The closure moves the card's 10.00 to refund payable; its write reaches the log,
+    // then the sync fails. Memory still holds an active card with 10.00.
+    campus.ledger().inject_fault(plan(Fault::SyncFails, Some(CONTROL_JOURNAL)));
+    assert!(matches!(campus.ledger().close_card(1001), Err(ControlError::Write(_))));
+    assert_eq!(campus.balance(1001), 10_00, "memory unchanged");
+    // Deciding on that memory would spend money the disk has already refunded.
+    assert_eq!(campus.buy(canteen, 1001, 5_00).code, AnswerCode::ServiceUnavailable);
+    let refused = campus.last_sequence(canteen);
+    let other_window = campus.terminals.canteen_a2;
+    let inquiry = campus.send(other_window, inquiry(1001));
+    assert!(
+        matches!(inquiry, onecard_protocol::Answer::BalanceInquiry(ref a)
+            if a.code == AnswerCode::ServiceUnavailable),
+        "{inquiry:?}"
+    );
+    assert_eq!(campus.buy(other_window, 1002, 1_00).code, AnswerCode::Approved, "others go on");
+
+    campus.reopen();
+    assert_eq!(campus.ledger().card(1001).expect("card").state, CardState::Closed);
+    assert_eq!(campus.balance(1001), 0, "the closure reached the disk");
+    // The refused sequence was not retained: its retry is decided now, on the truth.
+    let retry = transfer(campus.send_at(canteen, refused, purchase(1001, 5_00)));
+    assert_eq!((retry.duplicate, retry.code), (false, AnswerCode::CardClosed));
     campus.assert_verified();
 }
