@@ -285,8 +285,12 @@ async fn observe(
     response
 }
 
-/// Refuses a body whose declared length is over the limit before reading any of it;
-/// a body that does not declare its length is cut off at the limit as it is read.
+/// Refuses a body whose declared length is over the limit before reading any of it,
+/// and reads every other body whole before its handler runs (one that does not
+/// declare its length is cut off at the limit as it is read). A handler that takes no
+/// body would otherwise leave it unread, and the server would then close the
+/// connection after answering, under a client that may already be sending its next
+/// request on it.
 async fn refuse_oversize(request: Request, next: Next) -> Response {
     // A channel's statement streams to disk and keeps its own, larger, bound.
     if request.uri().path().contains("/channels/") {
@@ -301,12 +305,31 @@ async fn refuse_oversize(request: Request, next: Next) -> Response {
     let form = path.starts_with("/api/workflows/")
         || (path.starts_with("/api/applications/") && path.ends_with("/resubmit"));
     let limit = if form { WORKFLOW_BODY_BYTES_MAX } else { API_BODY_BYTES_MAX };
-    if declared.is_some_and(|length| length > limit as u64) {
+    let too_large = || {
         let message = format!("a body is at most {limit} bytes");
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
-            .into_response();
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message).into_response()
+    };
+    if declared.is_some_and(|length| length > limit as u64) {
+        return too_large();
     }
-    next.run(request).await
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let over_limit = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                return too_large();
+            }
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body could not be read: {error}"),
+            )
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
 async fn not_found() -> ApiError {

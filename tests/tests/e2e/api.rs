@@ -23,6 +23,23 @@ fn oversize_post(server: &Server, token: &str) -> String {
     answer
 }
 
+/// Writes `parts` on one connection, pausing 300 ms between them, and reads until the
+/// server closes it.
+fn raw_exchange(server: &Server, parts: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.admin_addr()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        stream.write_all(part.as_bytes()).expect("write");
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
@@ -213,6 +230,35 @@ fn bad_json_unknown_fields_wrong_types_and_oversize_bodies_are_4xx_with_a_code()
     let answer = oversize_post(&server, admin.token().expect("a token"));
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\"body_too_large\""), "{answer}");
+    // A body that does not declare its length is cut off at the limit as it is read.
+    let token = admin.token().expect("a token");
+    let chunk = "x".repeat(32 * 1024);
+    let chunks = format!("{:x}\r\n{chunk}\r\n", chunk.len()).repeat(3);
+    let answer = raw_exchange(
+        &server,
+        &[&format!(
+            "POST /api/cards HTTP/1.1\r\nHost: onecard\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n{chunks}0\r\n\r\n"
+        )],
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"body_too_large\""), "{answer}");
+    // A body sent to an endpoint that takes none, arriving after its headers: it is
+    // read before the answer, so the connection stays open for the next request on
+    // it (a client's pooled connection), and both are answered.
+    open_card(&admin, 8_800_000_777);
+    let post = format!(
+        "POST /api/cards/8800000777/freeze HTTP/1.1\r\nHost: onecard\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\n\r\n"
+    );
+    let get = format!(
+        "{{}}GET /api/cards/8800000777 HTTP/1.1\r\nHost: onecard\r\n\
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw_exchange(&server, &[&post, &get]);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
     let (status, answer) = admin.get("/api/cards/not-a-number");
     assert_eq!((status, code(&answer)), (400, "bad_path"), "{answer}");
     let (status, answer) = admin.get("/api/cards/1/statement?limit=lots");
