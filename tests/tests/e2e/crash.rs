@@ -4,6 +4,12 @@
 //! nothing else moved any card, a retry after a restart gets the original answer, and
 //! `onecard verify` passes after every kill.
 //!
+//! About half the restarts arm a storage fault (`ONECARD_STORAGE_FAULT`: a failed
+//! write, a failed sync or a full disk, on one shard, after a random number of its
+//! writes). A purchase answered `ServiceUnavailable` by the failed shard is, to its
+//! terminal, undecided: it is sent again, under its own sequence, to the next server,
+//! exactly as a purchase whose answer a kill cut off.
+//!
 //! `ONECARD_CRASH_KILLS` sets the number of kills (20 by default; the long run in
 //! docs/RELIABILITY.md used hundreds) and `ONECARD_CRASH_SEED` replays a run.
 
@@ -58,6 +64,9 @@ struct TerminalLog {
     /// Purchases in flight at a kill, resolved by their retry: (committed before the
     /// kill, decided after the restart).
     resolved: (u64, u64),
+    /// Purchases answered `ServiceUnavailable` by a server whose storage failed: not
+    /// decided, so kept open and sent again to the next server.
+    unavailable: u64,
 }
 
 fn transfer_answer(answer: &Answer) -> (bool, AnswerCode, u64) {
@@ -126,6 +135,12 @@ async fn drive(
             return log;
         };
         let (duplicate, code, transfer_id) = transfer_answer(&answer);
+        if code == AnswerCode::ServiceUnavailable {
+            // The storage failed under it: the purchase may or may not have reached the
+            // disk. It stays open, and the terminal waits for the next server.
+            log.unavailable += 1;
+            return log;
+        }
         if retry {
             // Committed before the kill: the original answer behind `Duplicate`. Never
             // committed: the restarted shard has not seen the sequence, and decides it
@@ -159,6 +174,7 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
     let mut logs: Vec<TerminalLog> = terminals.iter().map(|_| TerminalLog::default()).collect();
     let mut server = Some(server);
     let mut restart_ms_max = 0u128;
+    let mut faults_armed = 0u64;
     let started = Instant::now();
 
     for round in 0..=kills {
@@ -192,7 +208,17 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
         let report = onecard_tests::verify(dir.path());
         assert!(!report.is_empty());
         let restarting = Instant::now();
-        server = Some(Server::start(dir.path()));
+        let fault = if round + 1 < kills && rng.below(2) == 0 {
+            let kind = ["write_fails", "sync_fails", "disk_full"]
+                [usize::try_from(rng.below(3)).expect("fits")];
+            faults_armed += 1;
+            Some(format!("{kind}@{}+{}", rng.below(2), rng.below(300)))
+        } else {
+            None
+        };
+        let env: Vec<(&str, &str)> =
+            fault.iter().map(|plan| ("ONECARD_STORAGE_FAULT", plan.as_str())).collect();
+        server = Some(Server::start_with_env(dir.path(), &[], &env));
         restart_ms_max = restart_ms_max.max(restarting.elapsed().as_millis());
     }
 
@@ -201,9 +227,11 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
     let mut spent: BTreeMap<u64, i64> = BTreeMap::new();
     let (mut approved, mut answered, mut retries, mut committed_unanswered, mut lost_in_flight) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut unavailable = 0u64;
     for (spec, log) in terminals.iter().zip(&logs) {
         assert!(log.pending.is_none(), "terminal {} still has a purchase open", spec.id);
         retries += log.retries_checked;
+        unavailable += log.unavailable;
         committed_unanswered += log.resolved.0;
         lost_in_flight += log.resolved.1;
         for (sequence, told) in &log.told {
@@ -233,9 +261,11 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
     assert!(approved > u64::from(kills) * 5, "the load ran: {approved} approved");
     eprintln!(
         "crash test: {kills} kills in {:.1} s; {answered} purchases answered, {approved} \
-         approved; of those in flight at a kill, {committed_unanswered} had committed and \
+         approved; of those left open by a kill or a storage fault, {committed_unanswered} had committed and \
          {lost_in_flight} had not, each settled by its retry; {retries} retries given \
-         their original answer; slowest restart {restart_ms_max} ms",
+         their original answer; {faults_armed} restarts with a storage fault armed, \
+         {unavailable} purchases answered ServiceUnavailable and sent again; slowest \
+         restart {restart_ms_max} ms",
         started.elapsed().as_secs_f64()
     );
     assert!(server.stop().success());
