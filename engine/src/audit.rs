@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::{ChainKey, SEAL_BYTES, Seal};
 use crate::journal::CONTROL_JOURNAL;
-use crate::ledger::LedgerError;
 use crate::storage::StorageError;
 use crate::store::{CF_AUDIT, Store};
 
@@ -141,22 +140,30 @@ fn cut(text: &str, max: usize) -> String {
 impl AuditLog {
     /// Finds where the log in `store` ends, and the seal its next record follows.
     ///
+    /// A last record that does not parse does not stop the ledger: the log goes on
+    /// after its key, chained from the zero seal, and `verify` names both places.
+    ///
     /// # Errors
-    /// If the store cannot be read, or its last record cannot be parsed.
-    pub fn open(store: &Store, chain: ChainKey) -> Result<Self, LedgerError> {
+    /// If the store cannot be read.
+    pub fn open(store: &Store, chain: ChainKey) -> Result<Self, rocksdb::Error> {
         let mut iter = store.db().raw_iterator_cf(store.cf(CF_AUDIT));
         iter.seek_to_last();
         iter.status()?;
-        let last = match iter.value() {
-            Some(value) => Some(serde_json::from_slice::<AuditRecord>(value).map_err(|e| {
-                LedgerError::Corrupt { what: "audit record", detail: e.to_string() }
-            })?),
-            None => None,
+        let last_sequence =
+            iter.key().and_then(|key| <[u8; 8]>::try_from(key).ok()).map_or(0, u64::from_be_bytes);
+        let last_seal = match iter.value().map(serde_json::from_slice::<AuditRecord>) {
+            None => Seal::GENESIS,
+            Some(Ok(record)) => record.carried_seal().unwrap_or(Seal::GENESIS),
+            Some(Err(error)) => {
+                tracing::error!(
+                    sequence = last_sequence,
+                    %error,
+                    "the audit log's last record does not parse; the log goes on after it"
+                );
+                Seal::GENESIS
+            }
         };
-        let tail = Tail {
-            next_sequence: last.as_ref().map_or(0, |record| record.sequence) + 1,
-            last_seal: last.as_ref().and_then(AuditRecord::carried_seal).unwrap_or(Seal::GENESIS),
-        };
+        let tail = Tail { next_sequence: last_sequence + 1, last_seal };
         Ok(Self { chain, tail: Mutex::new(tail) })
     }
 

@@ -212,4 +212,17 @@ fn an_audit_record_changed_by_hand_is_named_by_its_seal_and_the_log_continues_af
     let report = verify(&store, Some(&chain_key(&campus, &store)), None).expect("reads");
     assert_eq!(report.problems.len(), 1, "{report}");
     assert!(report.problems[0].starts_with("audit log record 5: its seal does not follow"));
+
+    // A last record that does not parse does not stop the ledger: the log goes on
+    // after it, and verify names it.
+    store.db().put_cf(audit, 6u64.to_be_bytes(), b"not json").expect("writes");
+    drop(store);
+    campus.reopen();
+    let next = campus.ledger().audit(&entry("clerk.zhao", Outcome::Ok)).expect("audited");
+    assert_eq!(next.sequence, 7);
+    let report = campus.ledger().verify().expect("reads");
+    assert!(
+        report.problems.iter().any(|p| p.starts_with("audit key 0000000000000006:")),
+        "{report}"
+    );
 }
