@@ -5,9 +5,9 @@
 //! ([`crate::sealing`], [`crate::chain`]). A rotation opens each with the old master
 //! key and seals it with the new one; the chain key itself does not change, so every
 //! seal already in the journals still checks. The write is all or nothing: after it,
-//! the store opens with the new master key alone; before it (or if it failed), with the
-//! old one alone. [`opens_with`] tells which, for an operator who does not know
-//! whether an interrupted rotation was written. The ledger must be closed: it runs on a
+//! the store opens with the new master key alone; before it, with the old one alone.
+//! A write that failed may have reached the disk or not (a failed sync), so the new
+//! key must be kept until [`opens_with`] tells which key the store opens with. The ledger must be closed: it runs on a
 //! [`Store`] opened by itself.
 
 use rocksdb::{IteratorMode, WriteBatch};

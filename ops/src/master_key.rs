@@ -154,20 +154,38 @@ pub fn rotate(
     let pending = beside(&target, ".new");
     if pending.exists() {
         let (new, _) = resolve(None, &pending)?;
-        if rekey::opens_with(&store, &new).is_ok() {
-            drop(store);
-            let retired = retire(old_file.as_deref(), &target)?;
-            install(&pending, &target)?;
-            return Ok(Rotated {
-                terminal_keys: None,
-                new_key_file: target,
-                retired_key_file: retired,
-            });
+        match rekey::opens_with(&store, &new) {
+            Ok(()) => {
+                drop(store);
+                let retired = retire(old_file.as_deref(), &target)?;
+                install(&pending, &target)?;
+                return Ok(Rotated {
+                    terminal_keys: None,
+                    new_key_file: target,
+                    retired_key_file: retired,
+                });
+            }
+            // The key beside the file opens nothing here: an attempt that stopped
+            // before the store's write. It is thrown away only once the key in force is
+            // proven to open the store; otherwise both stay for the operator.
+            Err(onecard_engine::LedgerError::Sealing(_)) => {
+                rekey::opens_with(&store, old).with_context(|| {
+                    format!(
+                        "neither the master key in force nor {} opens this store; both are \
+                         left as they are",
+                        pending.display()
+                    )
+                })?;
+                std::fs::remove_file(&pending)
+                    .with_context(|| format!("removing {}", pending.display()))?;
+            }
+            Err(error) => {
+                return Err(error).context(format!(
+                    "checking {} against the store; both keys are left as they are",
+                    pending.display()
+                ));
+            }
         }
-        // The store was never written under it: an attempt that stopped before the
-        // store's write. Start again.
-        std::fs::remove_file(&pending)
-            .with_context(|| format!("removing {}", pending.display()))?;
     }
     rekey::opens_with(&store, old).context("the master key in force does not open this store")?;
     let new = MasterKey::generate()?;
@@ -175,13 +193,18 @@ pub fn rotate(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     crate::demo::write_private(&pending, format!("{}\n", new.to_hex()).as_bytes())?;
-    let rotation = match rekey::rotate(&store, old, &new) {
-        Ok(rotation) => rotation,
-        Err(error) => {
-            let _ = std::fs::remove_file(&pending);
-            return Err(error).context("sealing under the new master key; nothing changed");
-        }
-    };
+    sync_dir(&pending)?;
+    // A failed write may still have reached the store (a failed sync), so the new key
+    // is kept whatever happens: running the rotation again finds out which key opens
+    // the store, and finishes or starts over.
+    let rotation = rekey::rotate(&store, old, &new).with_context(|| {
+        format!(
+            "sealing under the new master key; the write may or may not have reached the \
+             store, so the new key is kept in {}: run the rotation again once the cause is \
+             fixed",
+            pending.display()
+        )
+    })?;
     drop(store);
     let retired = retire(old_file.as_deref(), &target)?;
     install(&pending, &target)?;
@@ -202,22 +225,34 @@ fn retire(old_file: Option<&Path>, target: &Path) -> anyhow::Result<Option<PathB
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());
-    let retired = beside(old_file, &format!(".retired-{seconds}"));
+    // Never over an earlier retired key (two rotations in one second).
+    let retired = (0u32..)
+        .map(|n| match n {
+            0 => beside(old_file, &format!(".retired-{seconds}")),
+            n => beside(old_file, &format!(".retired-{seconds}-{n}")),
+        })
+        .find(|path| !path.exists())
+        .expect("a free name");
     std::fs::rename(old_file, &retired)
         .with_context(|| format!("keeping the old key as {}", retired.display()))?;
     Ok(Some(retired))
+}
+
+/// Syncs the directory holding `file`, so that its entry survives a power cut.
+fn sync_dir(file: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Moves the new key's file into place and syncs its directory.
 fn install(pending: &Path, target: &Path) -> anyhow::Result<()> {
     std::fs::rename(pending, target)
         .with_context(|| format!("moving {} to {}", pending.display(), target.display()))?;
-    if let Some(dir) = target.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-    }
-    Ok(())
+    sync_dir(target)
 }
 
 #[cfg(test)]
