@@ -1901,7 +1901,10 @@ impl Ledger {
         records: impl FnOnce(&mut WriteBatch, &ColumnFamily),
     ) -> Result<(), ControlError> {
         let written = self.write_control(control, transfers, records);
-        if written.is_err() {
+        // A journal already poisoned refused the write without trying it: nothing can
+        // have reached the disk, and the accounts are as memory says.
+        let attempted = !matches!(written, Err(ControlError::Write(StorageError::Poisoned)));
+        if written.is_err() && attempted {
             let purses = transfers
                 .iter()
                 .flat_map(|transfer| [transfer.debit, transfer.credit])

@@ -659,7 +659,9 @@ impl ShardWriter {
         }
         if self.names_card_in_doubt(request) {
             // Not retained: once a restart has read the account back, the same
-            // sequence is decided afresh.
+            // sequence is decided afresh. A debit that was already waiting for the
+            // account's lock when the failed control write marked it is refused under
+            // the lock instead, and that refusal is retained.
             return refusal(request, AnswerCode::ServiceUnavailable);
         }
         let entries_before = work.entries.len();
@@ -764,6 +766,11 @@ impl ShardWriter {
         };
         let fen = i64::from(amount);
         let mut state = card.account.lock();
+        if card.account.in_doubt() {
+            // Put in doubt while this request waited for the lock (see `decide`).
+            drop(state);
+            return refuse(work, AnswerCode::ServiceUnavailable, (0, 0));
+        }
         let balances = (state.balance_fen, state.restricted_fen);
         let decided = debit_purchase(&mut state, &card, terminal, submission, purchase, work.date);
         drop(state);
@@ -1236,6 +1243,10 @@ impl ShardWriter {
         } else {
             let fen = first.amount_fen;
             let mut state = card.account.lock();
+            if card.account.in_doubt() {
+                drop(state);
+                return answer(work, AnswerCode::ServiceUnavailable, None, (0, 0), 0);
+            }
             if state.balance_fen < fen {
                 let balances = (state.balance_fen, state.restricted_fen);
                 drop(state);
@@ -1323,6 +1334,10 @@ impl ShardWriter {
         };
         let fen = i64::from(record.amount_fen);
         let mut state = card.account.lock();
+        if card.account.in_doubt() {
+            drop(state);
+            return note(work, AnswerCode::ServiceUnavailable, None, 0, 0, 0);
+        }
         let taken_at = record.taken_at_ms;
         let blocked = if card.replaced_at_ms != 0 && card.replaced_at_ms <= taken_at {
             Some(AnswerCode::CardReplaced)

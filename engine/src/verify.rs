@@ -326,6 +326,7 @@ fn check_audit(
                     record.sequence,
                     hex::encode(&key)
                 ));
+                walk.link = Link::Unknown;
                 continue;
             }
             Err(error) => {

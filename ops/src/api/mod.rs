@@ -65,6 +65,11 @@ pub const API_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Largest application form (a subsidy batch or card list of up to 10,000 rows).
 pub const WORKFLOW_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Bodies up to this size are read before authentication, so that an endpoint that
+/// takes no body still leaves its connection reusable; larger ones are read by their
+/// handlers once the caller is known.
+pub const BODY_READ_AHEAD_BYTES: usize = 4 * 1024;
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -286,11 +291,10 @@ async fn observe(
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it,
-/// and reads every other body whole before its handler runs (one that does not
-/// declare its length is cut off at the limit as it is read). A handler that takes no
-/// body would otherwise leave it unread, and the server would then close the
-/// connection after answering, under a client that may already be sending its next
-/// request on it.
+/// and reads a small one ([`BODY_READ_AHEAD_BYTES`]) whole before its handler runs. A
+/// handler that takes no body (freeze, unlock, ...) would otherwise leave it unread,
+/// and the server would then close the connection after answering, under a client
+/// that may already be sending its next request on it.
 async fn refuse_oversize(request: Request, next: Next) -> Response {
     // A channel's statement streams to disk and keeps its own, larger, bound.
     if request.uri().path().contains("/channels/") {
@@ -311,6 +315,11 @@ async fn refuse_oversize(request: Request, next: Next) -> Response {
     };
     if declared.is_some_and(|length| length > limit as u64) {
         return too_large();
+    }
+    // Larger bodies, and those of undeclared length, are read by their handlers, after
+    // the caller is authenticated; only a small one is read here, unauthenticated.
+    if declared.is_none_or(|length| length > BODY_READ_AHEAD_BYTES as u64) {
+        return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {

@@ -5,8 +5,8 @@
 //! `onecard verify` passes after every kill.
 //!
 //! About half the restarts arm a storage fault (`ONECARD_STORAGE_FAULT`: a failed
-//! write, a failed sync or a full disk, on one shard, after a random number of its
-//! writes). A purchase answered `ServiceUnavailable` by the failed shard is, to its
+//! write or a failed sync on one shard, or a full disk, which once it fires fails
+//! every journal, after a random number of one shard's writes). A purchase answered `ServiceUnavailable` by the failed shard is, to its
 //! terminal, undecided: it is sent again, under its own sequence, to the next server,
 //! exactly as a purchase whose answer a kill cut off.
 //!
@@ -104,6 +104,10 @@ async fn drive(
             return log;
         };
         let (duplicate, code, transfer_id) = transfer_answer(&answer);
+        if code == AnswerCode::ServiceUnavailable && !duplicate {
+            // The armed fault has already poisoned this shard: ask the next server.
+            return log;
+        }
         assert!(
             duplicate,
             "terminal {} sequence {sequence}: a retry is a duplicate: {answer:?}",
