@@ -20,8 +20,11 @@
 //! opens. Records of version 1, written before the chain, carry no seal; they may
 //! begin a journal, and its chain starts at its first sealed batch.
 
+use std::collections::BTreeMap;
+
 use hmac::{Hmac, KeyInit, Mac};
 use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -30,7 +33,8 @@ use crate::ledger::LedgerError;
 use crate::sealing::MasterKey;
 use crate::store::{CF_META, Store};
 
-/// The `meta` key of the journal chain key, sealed with the master key (hex).
+/// The `meta` key of the journal chain key, sealed with the master key, and where the
+/// chains begin (JSON).
 pub const KEY_CHAIN_KEY: &[u8] = b"chain_key";
 
 /// Bytes of a seal.
@@ -95,43 +99,120 @@ impl std::fmt::Debug for ChainKey {
     }
 }
 
-/// The store's sealed chain key, if it holds one.
+/// Where each chain begins: the first batch number of each journal, and the first
+/// audit sequence, from which every link must carry a seal. Stored beside the sealed
+/// chain key and bound into its seal as associated data, so that stripping the seals
+/// from a whole chain (which would make it read as one from before the chain) is seen.
+/// Empty when unknown (a store whose key was stored without them): nothing enforced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainStarts {
+    /// Journal number → its first sealed batch number.
+    pub journals: BTreeMap<u8, u64>,
+    /// The first sealed audit sequence; 0 when unknown.
+    pub audit: u64,
+}
+
+impl ChainStarts {
+    /// What the sealed chain key is bound to: the context, then each start.
+    #[must_use]
+    pub fn associated_data(&self) -> Vec<u8> {
+        let mut aad = CONTEXT.to_vec();
+        for (journal, start) in &self.journals {
+            aad.push(*journal);
+            aad.extend_from_slice(&start.to_be_bytes());
+        }
+        if self.audit > 0 {
+            aad.push(crate::audit::AUDIT_CHAIN);
+            aad.extend_from_slice(&self.audit.to_be_bytes());
+        }
+        aad
+    }
+
+    /// The first batch of `journal` that must be sealed; 0 when unknown.
+    #[must_use]
+    pub fn journal(&self, journal: u8) -> u64 {
+        self.journals.get(&journal).copied().unwrap_or(0)
+    }
+}
+
+/// The chain key as `meta` holds it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredChainKey {
+    /// The key sealed with the master key, `starts` as associated data (hex).
+    sealed: String,
+    starts: ChainStarts,
+}
+
+/// The store's chain key, opened, and where its chains begin.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// The key.
+    pub key: ChainKey,
+    /// Where each chain begins.
+    pub starts: ChainStarts,
+}
+
+/// The store's sealed chain key and its chains' starts, if it holds them.
 ///
 /// # Errors
-/// If `meta` cannot be read, or the value is not text.
-pub fn stored(store: &Store) -> Result<Option<String>, LedgerError> {
+/// If `meta` cannot be read, or the value is not what this build writes.
+pub fn stored(store: &Store) -> Result<Option<(String, ChainStarts)>, LedgerError> {
     let Some(value) = store.db().get_cf(store.cf(CF_META), KEY_CHAIN_KEY)? else {
         return Ok(None);
     };
-    String::from_utf8(value)
-        .map(Some)
-        .map_err(|_| LedgerError::Corrupt { what: "chain key", detail: "not text".to_owned() })
+    let corrupt = |detail: String| LedgerError::Corrupt { what: "chain key", detail };
+    if value.first() == Some(&b'{') {
+        let stored: StoredChainKey =
+            serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
+        return Ok(Some((stored.sealed, stored.starts)));
+    }
+    // Written before the starts were kept: the sealed key alone, bound to nothing more.
+    let sealed = String::from_utf8(value).map_err(|_| corrupt("not text".to_owned()))?;
+    Ok(Some((sealed, ChainStarts::default())))
 }
 
-/// The store's chain key, opened with `master`: what `verify` checks the journals with.
-/// A store that holds none yet (its ledger has not opened under a build that stores
-/// it) is given the key `master` derives, the one [`load_or_store`] would store.
+/// The value `meta` holds for a chain key sealed as `sealed` with `starts`.
+pub(crate) fn stored_value(sealed: String, starts: ChainStarts) -> Vec<u8> {
+    serde_json::to_vec(&StoredChainKey { sealed, starts }).expect("a chain key serialises")
+}
+
+/// The store's chain, opened with `master`: what `verify` checks the journals with. A
+/// store that holds none yet (its ledger has not opened under a build that stores it)
+/// is given the key `master` derives, the one [`load_or_store`] would store, with no
+/// starts.
 ///
 /// # Errors
 /// [`crate::sealing::SealError::WrongChainKey`] (as [`LedgerError::Sealing`]) if
-/// `master` is not the key that sealed it; a read error.
-pub fn load(store: &Store, master: &MasterKey) -> Result<ChainKey, LedgerError> {
+/// `master` is not the key that sealed it, or its starts were changed; a read error.
+pub fn load(store: &Store, master: &MasterKey) -> Result<Chain, LedgerError> {
     match stored(store)? {
-        Some(sealed) => Ok(master.open_chain_key(&sealed)?),
-        None => Ok(master.new_chain_key()?.0),
+        Some((sealed, starts)) => {
+            Ok(Chain { key: master.open_chain_key(&sealed, &starts)?, starts })
+        }
+        None => {
+            let starts = ChainStarts::default();
+            Ok(Chain { key: master.new_chain_key(&starts)?.0, starts })
+        }
     }
 }
 
-/// As [`load`], storing the derived key, sealed and synced, if the store holds none.
-pub(crate) fn load_or_store(store: &Store, master: &MasterKey) -> Result<ChainKey, LedgerError> {
-    if let Some(sealed) = stored(store)? {
-        return Ok(master.open_chain_key(&sealed)?);
+/// As [`load`]; if the store holds no chain key, stores the derived one, sealed with
+/// the starts `starts` gives, synced.
+pub(crate) fn load_or_store(
+    store: &Store,
+    master: &MasterKey,
+    starts: impl FnOnce() -> Result<ChainStarts, LedgerError>,
+) -> Result<Chain, LedgerError> {
+    if stored(store)?.is_some() {
+        return load(store, master);
     }
-    let (key, sealed) = master.new_chain_key()?;
+    let starts = starts()?;
+    let (key, sealed) = master.new_chain_key(&starts)?;
     let mut write = WriteBatch::default();
-    write.put_cf(store.cf(CF_META), KEY_CHAIN_KEY, sealed.as_bytes());
+    write.put_cf(store.cf(CF_META), KEY_CHAIN_KEY, stored_value(sealed, starts.clone()));
     store.write_synced(CONTROL_JOURNAL, write)?;
-    Ok(key)
+    Ok(Chain { key, starts })
 }
 
 #[cfg(test)]
@@ -139,7 +220,7 @@ mod tests {
     use super::*;
 
     fn key(byte: u8) -> ChainKey {
-        MasterKey::new([byte; 32]).new_chain_key().expect("seals").0
+        MasterKey::new([byte; 32]).new_chain_key(&ChainStarts::default()).expect("seals").0
     }
 
     #[test]
@@ -168,18 +249,27 @@ mod tests {
     fn a_sealed_chain_key_opens_with_its_master_key_alone_and_survives_a_reseal() {
         let old = MasterKey::new([7; 32]);
         let new = MasterKey::new([8; 32]);
-        let (chain, sealed) = old.new_chain_key().expect("seals");
+        let starts = ChainStarts { journals: BTreeMap::from([(0, 1), (255, 7)]), audit: 3 };
+        let (chain, sealed) = old.new_chain_key(&starts).expect("seals");
         let seal = |key: &ChainKey| key.seal(1, &Seal::GENESIS, b"record");
-        assert_eq!(seal(&old.open_chain_key(&sealed).expect("opens")), seal(&chain));
+        assert_eq!(seal(&old.open_chain_key(&sealed, &starts).expect("opens")), seal(&chain));
         assert!(matches!(
-            new.open_chain_key(&sealed),
+            new.open_chain_key(&sealed, &starts),
             Err(crate::sealing::SealError::WrongChainKey)
         ));
-        let resealed = old.reseal_chain_key(&sealed, &new).expect("reseals");
-        assert_eq!(seal(&new.open_chain_key(&resealed).expect("opens")), seal(&chain));
-        assert!(old.open_chain_key(&resealed).is_err(), "the old master key no longer opens it");
+        let moved = ChainStarts { audit: 9, ..starts.clone() };
+        assert!(
+            matches!(
+                old.open_chain_key(&sealed, &moved),
+                Err(crate::sealing::SealError::WrongChainKey)
+            ),
+            "a changed start does not open"
+        );
+        let resealed = old.reseal_chain_key(&sealed, &starts, &new).expect("reseals");
+        assert_eq!(seal(&new.open_chain_key(&resealed, &starts).expect("opens")), seal(&chain));
+        assert!(old.open_chain_key(&resealed, &starts).is_err(), "the old key no longer opens it");
         assert_eq!(
-            old.reseal_chain_key(&resealed, &new).map(|_| ()),
+            old.reseal_chain_key(&resealed, &starts, &new).map(|_| ()),
             Err(crate::sealing::SealError::WrongChainKey)
         );
     }

@@ -34,7 +34,7 @@ use crate::cards::{
     AccountRecord, AccountState, CardAccount, CardEntry, CardMoney, CardTable, CardType,
     LimitOverrides, Limits, PinHash,
 };
-use crate::chain::{ChainKey, Seal};
+use crate::chain::{Chain, ChainStarts, Seal};
 use crate::date::{BusinessDate, Clock, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
 use crate::journal::{
@@ -350,7 +350,7 @@ pub(crate) struct Shared {
     pub directory: Directory,
     pub config: LedgerConfig,
     /// The key every journal's batches are sealed with, from the master key.
-    pub chain: ChainKey,
+    pub chain: Chain,
     pub metrics: Arc<Metrics>,
     audit: AuditLog,
     /// The open business date, `yyyymmdd`: no commit counts for an earlier one.
@@ -486,7 +486,8 @@ impl Ledger {
             last_seal: Seal::GENESIS,
         };
         Self::load_control(&store, &config.master_key, &directory, &cards, &mut control)?;
-        let chain = crate::chain::load_or_store(&store, &config.master_key)?;
+        let chain =
+            crate::chain::load_or_store(&store, &config.master_key, || chain_starts(&store))?;
         if let Some(last) = last_batch(&store, CONTROL_JOURNAL)? {
             control.next_transfer_id = last.next_transfer_id();
             control.next_batch = last.number + 1;
@@ -496,7 +497,7 @@ impl Ledger {
         let control_date = BusinessDate::from_yyyymmdd(control.last_date);
         let shards = store.shards();
         let blacklist_version = control.blacklist_version;
-        let audit = AuditLog::open(&store, chain.clone())?;
+        let audit = AuditLog::open(&store, chain.key.clone())?;
         let settled = crate::settlement::load_settled_dates(&store)?;
         let shared = Arc::new(Shared {
             store,
@@ -1975,7 +1976,7 @@ impl Ledger {
         let key = batch_key(batch.first_transfer_id, batch.number);
         let journal = store.cf(&journal_cf(CONTROL_JOURNAL));
         let (record, seal) =
-            batch.view().encode_sealed(&self.shared.chain, CONTROL_JOURNAL, &control.last_seal);
+            batch.view().encode_sealed(&self.shared.chain.key, CONTROL_JOURNAL, &control.last_seal);
         write.put_cf(journal, key, record);
         if control.last_date != date.to_yyyymmdd() {
             let day = prefixed_key(shard_key::DAY_START, &date.to_yyyymmdd().to_be_bytes());
@@ -2351,6 +2352,40 @@ fn terminal_from(
         key,
         record.enabled,
     ))
+}
+
+/// Where a store's chains begin, for a store that has no chain key yet: each journal's
+/// next batch and the audit log's next record, or 1 for an empty one. A journal whose
+/// last batch is already sealed (by a build that derived the key without storing it)
+/// gets no start.
+fn chain_starts(store: &Store) -> Result<ChainStarts, LedgerError> {
+    let mut starts = ChainStarts::default();
+    let journals = (0..store.shards()).chain(std::iter::once(CONTROL_JOURNAL));
+    for journal in journals {
+        match last_batch(store, journal)? {
+            None => {
+                starts.journals.insert(journal, 1);
+            }
+            Some(batch) if batch.seal.is_none() => {
+                starts.journals.insert(journal, batch.number + 1);
+            }
+            Some(_) => {}
+        }
+    }
+    let mut audit = store.db().raw_iterator_cf(store.cf(crate::store::CF_AUDIT));
+    audit.seek_to_last();
+    audit.status()?;
+    starts.audit = match (audit.key(), audit.value()) {
+        (None, _) => 1,
+        (Some(key), Some(value)) => {
+            let sequence = <[u8; 8]>::try_from(key).map_or(0, u64::from_be_bytes);
+            let sealed = serde_json::from_slice::<crate::audit::AuditRecord>(value)
+                .is_ok_and(|record| record.seal.is_some());
+            if sealed || sequence == 0 { 0 } else { sequence + 1 }
+        }
+        (Some(_), None) => 0,
+    };
+    Ok(starts)
 }
 
 /// The last batch a journal committed.

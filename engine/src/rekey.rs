@@ -68,12 +68,16 @@ pub fn opens_with(store: &Store, master: &MasterKey) -> Result<(), LedgerError> 
 /// [`LedgerError::Write`] if the write fails (nothing changed); a read error.
 pub fn rotate(store: &Store, old: &MasterKey, new: &MasterKey) -> Result<Rotation, LedgerError> {
     let mut write = WriteBatch::default();
-    let sealed_chain_key = match crate::chain::stored(store)? {
-        Some(sealed) => old.reseal_chain_key(&sealed, new)?,
+    let (sealed, starts) = match crate::chain::stored(store)? {
+        Some(stored) => stored,
         // The journals were sealed with the key the old master key derives.
-        None => old.reseal_chain_key(&old.new_chain_key()?.1, new)?,
+        None => {
+            let starts = crate::chain::ChainStarts::default();
+            (old.new_chain_key(&starts)?.1, starts)
+        }
     };
-    write.put_cf(store.cf(CF_META), KEY_CHAIN_KEY, sealed_chain_key.as_bytes());
+    let resealed = old.reseal_chain_key(&sealed, &starts, new)?;
+    write.put_cf(store.cf(CF_META), KEY_CHAIN_KEY, crate::chain::stored_value(resealed, starts));
     let records = terminal_records(store)?;
     let control = store.cf(CF_CONTROL);
     for (key, record) in &records {

@@ -139,12 +139,15 @@ impl MasterKey {
     ///
     /// # Errors
     /// [`SealError::Random`] if no nonce can be drawn.
-    pub fn new_chain_key(&self) -> Result<(ChainKey, String), SealError> {
+    pub fn new_chain_key(
+        &self,
+        starts: &crate::chain::ChainStarts,
+    ) -> Result<(ChainKey, String), SealError> {
         let mut derive = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
             .expect("HMAC accepts 32-byte keys");
         derive.update(crate::chain::CONTEXT);
         let mut bytes: [u8; 32] = derive.finalize().into_bytes().into();
-        let sealed = self.seal_secret(crate::chain::CONTEXT, &bytes);
+        let sealed = self.seal_secret(&starts.associated_data(), &bytes);
         let key = ChainKey::from_bytes(&bytes);
         bytes.zeroize();
         Ok((key, sealed?))
@@ -156,9 +159,13 @@ impl MasterKey {
     /// # Errors
     /// [`SealError::SealedForm`] if the text is not a sealed key;
     /// [`SealError::WrongChainKey`] if it does not open with this master key.
-    pub fn open_chain_key(&self, sealed: &str) -> Result<ChainKey, SealError> {
+    pub fn open_chain_key(
+        &self,
+        sealed: &str,
+        starts: &crate::chain::ChainStarts,
+    ) -> Result<ChainKey, SealError> {
         let mut opened =
-            self.open_secret(crate::chain::CONTEXT, sealed)?.ok_or(SealError::WrongChainKey)?;
+            self.open_secret(&starts.associated_data(), sealed)?.ok_or(SealError::WrongChainKey)?;
         let key = ChainKey::from_bytes(&opened);
         opened.zeroize();
         Ok(key)
@@ -169,10 +176,15 @@ impl MasterKey {
     ///
     /// # Errors
     /// As [`MasterKey::open_chain_key`], or [`SealError::Random`].
-    pub fn reseal_chain_key(&self, sealed: &str, new: &Self) -> Result<String, SealError> {
-        let mut opened =
-            self.open_secret(crate::chain::CONTEXT, sealed)?.ok_or(SealError::WrongChainKey)?;
-        let resealed = new.seal_secret(crate::chain::CONTEXT, &opened);
+    pub fn reseal_chain_key(
+        &self,
+        sealed: &str,
+        starts: &crate::chain::ChainStarts,
+        new: &Self,
+    ) -> Result<String, SealError> {
+        let aad = starts.associated_data();
+        let mut opened = self.open_secret(&aad, sealed)?.ok_or(SealError::WrongChainKey)?;
+        let resealed = new.seal_secret(&aad, &opened);
         opened.zeroize();
         resealed
     }

@@ -586,7 +586,7 @@ impl ShardWriter {
             transfers: &work.transfers,
             entries: &work.entries,
         };
-        let (record, seal) = batch.encode_sealed(&self.shared.chain, self.id, &self.last_seal);
+        let (record, seal) = batch.encode_sealed(&self.shared.chain.key, self.id, &self.last_seal);
         let mut write = WriteBatch::default();
         write.put_cf(journal, work.key, record);
         if self.last_date != work.date.to_yyyymmdd() {

@@ -28,7 +28,7 @@ use rocksdb::IteratorMode;
 use crate::account::{AccountId, AccountKind};
 use crate::audit::{AUDIT_CHAIN, AuditRecord};
 use crate::cards::CardMoney;
-use crate::chain::{ChainKey, Seal};
+use crate::chain::{Chain, ChainKey, Seal};
 use crate::journal::{Batch, CONTROL_JOURNAL, batch_key, first_transfer_id};
 use crate::shard::TerminalState;
 use crate::store::{
@@ -134,19 +134,35 @@ struct ChainWalk<'a> {
     units: &'static str,
     link: Link,
     breaks: u64,
+    /// The first link that must carry a seal (from the sealed chain key); 0: unknown.
+    start: u64,
 }
 
 impl<'a> ChainWalk<'a> {
-    fn journal(key: Option<&'a ChainKey>, journal: u8) -> Self {
-        let place = format!("journal {journal}");
-        let (unit, units) = ("batch", "batches");
-        Self { key, chain_id: journal, place, unit, units, link: Link::Before, breaks: 0 }
+    fn new(
+        chain: Option<&'a Chain>,
+        chain_id: u8,
+        place: String,
+        units: [&'static str; 2],
+    ) -> Self {
+        let start = chain.map_or(0, |chain| {
+            if chain_id == AUDIT_CHAIN {
+                chain.starts.audit
+            } else {
+                chain.starts.journal(chain_id)
+            }
+        });
+        let [unit, units] = units;
+        let key = chain.map(|chain| &chain.key);
+        Self { key, chain_id, place, unit, units, link: Link::Before, breaks: 0, start }
     }
 
-    fn audit(key: Option<&'a ChainKey>) -> Self {
-        let place = "audit log".to_owned();
-        let (unit, units) = ("record", "records");
-        Self { key, chain_id: AUDIT_CHAIN, place, unit, units, link: Link::Before, breaks: 0 }
+    fn journal(chain: Option<&'a Chain>, journal: u8) -> Self {
+        Self::new(chain, journal, format!("journal {journal}"), ["batch", "batches"])
+    }
+
+    fn audit(chain: Option<&'a Chain>) -> Self {
+        Self::new(chain, AUDIT_CHAIN, "audit log".to_owned(), ["record", "records"])
     }
 
     /// Checks link `number`, which carries `seal` over `sealed` (its bytes before the
@@ -160,7 +176,16 @@ impl<'a> ChainWalk<'a> {
     ) -> bool {
         let (place, unit, units) = (&self.place, self.unit, self.units);
         let Some(seal) = seal else {
-            if matches!(self.link, Link::After(_)) {
+            let start = self.start;
+            if start > 0 && number >= start {
+                self.breaks += 1;
+                if self.breaks <= CHAIN_BREAKS_NAMED_MAX {
+                    report.problems.push(format!(
+                        "{place} {unit} {number}: no seal, though the chain began at {unit} \
+                         {start} (the seals were stripped, or the {unit} written by hand)"
+                    ));
+                }
+            } else if matches!(self.link, Link::After(_)) {
                 report.problems.push(format!(
                     "{place} {unit} {number}: no seal, after sealed {units} (written by \
                      hand, or by a build before the chain)"
@@ -193,7 +218,7 @@ impl<'a> ChainWalk<'a> {
     fn finish(self, report: &mut VerifyReport) {
         if self.breaks > CHAIN_BREAKS_NAMED_MAX {
             report.problems.push(format!(
-                "{}: {} more {} whose seals do not follow",
+                "{}: {} more {} whose seals are missing or do not follow",
                 self.place,
                 self.breaks - CHAIN_BREAKS_NAMED_MAX,
                 self.units
@@ -212,7 +237,7 @@ impl<'a> ChainWalk<'a> {
 /// checksum fails, or a record that cannot be decoded, is a problem in the report.
 pub fn verify(
     store: &Store,
-    chain: Option<&ChainKey>,
+    chain: Option<&Chain>,
     in_memory: Option<&[(u64, i64, i64)]>,
 ) -> Result<VerifyReport, rocksdb::Error> {
     let mut report = VerifyReport { chain_checked: chain.is_some(), ..VerifyReport::default() };
@@ -310,7 +335,7 @@ pub fn verify(
 /// (given the key) follows the record before it.
 fn check_audit(
     store: &Store,
-    chain: Option<&ChainKey>,
+    chain: Option<&Chain>,
     report: &mut VerifyReport,
 ) -> Result<(), rocksdb::Error> {
     let mut walk = ChainWalk::audit(chain);

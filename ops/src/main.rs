@@ -419,6 +419,13 @@ fn verify(config: &Config) -> anyhow::Result<()> {
                 .context("opening the journal chain key")?,
         ),
     };
+    if chain.is_some() && onecard_engine::chain::stored(&store)?.is_none() {
+        println!(
+            "no journal chain key is stored: this store has not been opened by a build with \
+             the chain, or the key was removed from it (if this store was created since, \
+             treat that as tampering)"
+        );
+    }
     let report = onecard_engine::verify::verify(&store, chain.as_ref(), None)
         .context("reading the ledger")?;
     println!("{report}");

@@ -5,10 +5,12 @@
 use onecard_engine::account::AccountId;
 use onecard_engine::audit::{AuditEntry, AuditRecord, Outcome};
 use onecard_engine::cards::CardType;
-use onecard_engine::chain::SEAL_BYTES;
+use onecard_engine::chain::KEY_CHAIN_KEY;
+use onecard_engine::chain::{Chain, ChainStarts, SEAL_BYTES};
 use onecard_engine::journal::{Batch, CONTROL_JOURNAL, UNSEALED_RECORD_VERSION};
 use onecard_engine::sealing::MasterKey;
-use onecard_engine::store::{CF_AUDIT, CF_BALANCES, Store, journal_cf};
+use onecard_engine::sealing::SealError;
+use onecard_engine::store::{CF_AUDIT, CF_BALANCES, CF_META, Store, journal_cf};
 use onecard_engine::verify::verify;
 use onecard_protocol::AnswerCode;
 
@@ -101,25 +103,37 @@ fn a_sale_moved_to_another_merchant_with_both_balances_is_named_by_its_seal() {
     );
 
     // Another master key: no batch follows, and the report stays short.
-    let stranger = MasterKey::generate().expect("random").new_chain_key().expect("seals").0;
+    let starts = ChainStarts::default();
+    let stranger = Chain {
+        key: MasterKey::generate().expect("random").new_chain_key(&starts).expect("seals").0,
+        starts,
+    };
     let report = verify(&store, Some(&stranger), None).expect("reads");
     let shard_0: Vec<&String> =
         report.problems.iter().filter(|p| p.starts_with("journal 0")).collect();
     assert_eq!(shard_0.len(), 6, "five named, the rest counted: {report}");
     let more = journal.len() - 5;
-    assert_eq!(shard_0[5], &format!("journal 0: {more} more batches whose seals do not follow"));
+    assert_eq!(
+        shard_0[5],
+        &format!("journal 0: {more} more batches whose seals are missing or do not follow")
+    );
 }
 
 #[test]
 fn a_store_from_before_the_chain_is_sealed_from_its_next_batch_and_checked_from_there() {
     let mut campus = campus_with_sales("chain-legacy");
-    let legacy_batches = {
+    let (legacy_batches, chain_start) = {
         // Every record rewritten as the build before the chain wrote it: version 1,
-        // no seal.
+        // no seal, and no chain key in `meta`.
         let store = Store::open(campus.dir.path(), 2).expect("opens");
+        store.db().delete_cf(store.cf(CF_META), KEY_CHAIN_KEY).expect("deletes");
         let mut count = 0;
+        let mut last_number = 0;
         for journal in [0, 1, CONTROL_JOURNAL] {
             for (key, mut record) in batches(&store, journal) {
+                if journal == 0 {
+                    last_number = Batch::decode(&record).expect("decodes").number;
+                }
                 record[1] = UNSEALED_RECORD_VERSION;
                 record.truncate(record.len() - SEAL_BYTES);
                 store.db().put_cf(store.cf(&journal_cf(journal)), key, record).expect("writes");
@@ -130,7 +144,7 @@ fn a_store_from_before_the_chain_is_sealed_from_its_next_batch_and_checked_from_
         let report = report.expect("reads");
         assert!(report.is_clean(), "{report}");
         assert_eq!(report.sealed_batches, 0);
-        count
+        (count, last_number + 1)
     };
 
     campus.reopen();
@@ -143,7 +157,8 @@ fn a_store_from_before_the_chain_is_sealed_from_its_next_batch_and_checked_from_
     assert_eq!(report.batches - report.sealed_batches, legacy_batches, "{report}");
     assert!(report.sealed_batches >= 10, "{report}");
 
-    // A sealed journal's newest batch stripped of its seal is not taken for an old one.
+    // A sealed journal's newest batch stripped of its seal is not taken for an old one:
+    // the chain key, stored at that first open, holds where the chain began.
     campus.ledger.take().expect("open").close();
     let store = Store::open(campus.dir.path(), 2).expect("opens");
     let journal = batches(&store, 0);
@@ -157,10 +172,42 @@ fn a_store_from_before_the_chain_is_sealed_from_its_next_batch_and_checked_from_
     assert_eq!(
         report.expect("reads").problems,
         vec![format!(
-            "journal 0 batch {number}: no seal, after sealed batches (written by hand, or by a \
-             build before the chain)"
+            "journal 0 batch {number}: no seal, though the chain began at batch {chain_start} \
+             (the seals were stripped, or the batch written by hand)"
         )]
     );
+}
+
+#[test]
+fn a_journal_stripped_of_every_seal_does_not_pass_for_one_from_before_the_chain() {
+    let campus = campus_with_sales("chain-stripped");
+    let store = Store::open(campus.dir.path(), 2).expect("opens");
+    let journal = batches(&store, 0);
+    for (key, record) in &journal {
+        let mut stripped = record.clone();
+        stripped[1] = UNSEALED_RECORD_VERSION;
+        stripped.truncate(stripped.len() - SEAL_BYTES);
+        store.db().put_cf(store.cf(&journal_cf(0)), key, stripped).expect("writes");
+    }
+    let report = verify(&store, Some(&chain_key(&campus, &store)), None).expect("reads");
+    let named: Vec<&String> =
+        report.problems.iter().filter(|p| p.contains("no seal, though the chain began")).collect();
+    assert_eq!(named.len(), 5, "five named: {report}");
+    assert!(named[0].starts_with("journal 0 batch 1: no seal"), "{report}");
+    let more = journal.len() - 5;
+    assert!(report.problems.contains(&format!(
+        "journal 0: {more} more batches whose seals are missing or do not follow"
+    )));
+    // The starts are bound into the chain key's seal: moving them does not open it.
+    let stored = store.db().get_cf(store.cf(CF_META), KEY_CHAIN_KEY).expect("reads");
+    let text = String::from_utf8(stored.expect("stored")).expect("text");
+    let moved = text.replacen("\"0\":1", "\"0\":999", 1);
+    assert_ne!(moved, text);
+    store.db().put_cf(store.cf(CF_META), KEY_CHAIN_KEY, moved).expect("writes");
+    assert!(matches!(
+        onecard_engine::chain::load(&store, &campus.config.master_key),
+        Err(onecard_engine::LedgerError::Sealing(SealError::WrongChainKey))
+    ));
 }
 
 #[test]

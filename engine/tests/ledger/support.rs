@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use onecard_engine::cards::{CardType, LimitOverrides};
-use onecard_engine::chain::ChainKey;
+use onecard_engine::chain::Chain;
 use onecard_engine::directory::MerchantCategory;
 use onecard_engine::ledger::CardView;
 use onecard_engine::{Ledger, LedgerConfig, OpenCard, Submission};
@@ -162,8 +162,8 @@ impl Campus {
     }
 }
 
-/// The store's journal chain key, opened with the campus's master key.
-pub fn chain_key(campus: &Campus, store: &onecard_engine::store::Store) -> ChainKey {
+/// The store's journal chain, opened with the campus's master key.
+pub fn chain_key(campus: &Campus, store: &onecard_engine::store::Store) -> Chain {
     onecard_engine::chain::load(store, &campus.config.master_key).expect("the chain key opens")
 }
 
