@@ -90,6 +90,9 @@ impl Ledger {
         }
         cards.sort_by_key(|card| card.number);
         cards.dedup_by_key(|card| card.number);
+        if let Some(card) = cards.iter().find(|card| card.in_doubt()) {
+            return Err(ControlError::InDoubt(card.number));
+        }
         // Card accounts first, in account order, then the control journal: the order
         // every control operation takes them in.
         let mut guards: Vec<_> = cards.iter().map(|card| (card.number, card.lock())).collect();

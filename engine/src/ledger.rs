@@ -215,6 +215,12 @@ pub enum ControlError {
     /// writes until restart); nothing was changed in memory.
     #[error("write failed: {0}")]
     Write(#[from] StorageError),
+    /// A failed write left this card account in doubt: it takes no change until a
+    /// restart reads it back ([`crate::cards::CardAccount::in_doubt`]).
+    #[error(
+        "card account {0} is in doubt after a failed write; it takes no change until onecard restarts"
+    )]
+    InDoubt(u64),
     /// A batch has more rows than one control batch may carry.
     #[error("{rows} rows; a batch takes at most {max}")]
     BatchTooLarge {
@@ -1435,6 +1441,9 @@ impl Ledger {
                 action,
             });
         }
+        if card.account.in_doubt() {
+            return Err(ControlError::InDoubt(card.account.number));
+        }
         Ok(card.account)
     }
 
@@ -1851,6 +1860,9 @@ impl Ledger {
             .cards
             .account(account_number)
             .ok_or(ControlError::UnknownCard(account_number))?;
+        if account.in_doubt() {
+            return Err(ControlError::InDoubt(account_number));
+        }
         let mut state = account.lock();
         let fen = state.restricted_fen;
         if fen <= 0 {

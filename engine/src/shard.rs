@@ -566,6 +566,12 @@ impl ShardWriter {
                     state.restricted_fen += movement.restricted_fen;
                     state.add_spent(date, -movement.spent_fen);
                 }
+                // The batch may be on disk all the same (a failed sync): every card it
+                // moved is in doubt until the restart, so that the other shards and the
+                // control plane do not decide on the money just given back.
+                for movement in work.taken.iter().chain(&work.held) {
+                    self.shared.cards.put_in_doubt(movement.account.number);
+                }
                 for (reply, message_type, _) in work.replies {
                     let _ = reply.send(refusal_of(message_type, AnswerCode::ServiceUnavailable));
                 }

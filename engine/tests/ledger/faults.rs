@@ -31,6 +31,8 @@ fn funded(name: &str) -> (Campus, u8) {
 #[test]
 fn a_failed_write_approves_nothing_poisons_its_shard_alone_and_a_restart_is_clean() {
     let (mut campus, shard) = funded("fault-write");
+    campus.open_card(1002, CardType::Student);
+    campus.top_up(1002, 10_00);
     let canteen = campus.terminals.canteen_a;
     campus.ledger().inject_fault(plan(Fault::WriteFails, Some(shard)));
     assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::ServiceUnavailable);
@@ -40,10 +42,16 @@ fn a_failed_write_approves_nothing_poisons_its_shard_alone_and_a_restart_is_clea
     assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::ServiceUnavailable);
     assert_eq!(poisoned(&campus), [shard]);
     assert!(!campus.ledger().control_poisoned());
-    // The other shard and the control plane go on.
-    assert_eq!(campus.buy(campus.terminals.canteen_b, 1001, 1_00).code, AnswerCode::Approved);
-    campus.ledger().freeze(1001).expect("the control plane writes");
-    campus.ledger().unfreeze(1001).expect("and again");
+    // The other shard and the control plane go on, but not for the card the failed
+    // batch moved: whether any of it reached the disk is not known until the restart.
+    assert_eq!(campus.buy(campus.terminals.canteen_b, 1002, 1_00).code, AnswerCode::Approved);
+    campus.ledger().freeze(1002).expect("the control plane writes");
+    campus.ledger().unfreeze(1002).expect("and again");
+    assert_eq!(
+        campus.buy(campus.terminals.canteen_b, 1001, 1_00).code,
+        AnswerCode::ServiceUnavailable
+    );
+    assert!(matches!(campus.ledger().freeze(1001), Err(ControlError::InDoubt(_))));
 
     campus.reopen();
     assert!(poisoned(&campus).is_empty());
@@ -51,7 +59,7 @@ fn a_failed_write_approves_nothing_poisons_its_shard_alone_and_a_restart_is_clea
     // Nothing of the failed batch reached the disk: its retry is decided now, once.
     let retry = transfer(campus.send_at(canteen, failed_sequence, purchase(1001, 1_00)));
     assert_eq!((retry.duplicate, retry.code), (false, AnswerCode::Approved));
-    assert_eq!(campus.balance(1001), 8_00);
+    assert_eq!(campus.balance(1001), 9_00);
     campus.assert_verified();
 }
 
@@ -65,6 +73,11 @@ fn a_failed_sync_is_not_approved_and_after_restart_the_retry_gets_what_reached_t
     let sequence = campus.last_sequence(canteen);
     assert_eq!(campus.balance(1001), 10_00, "not approved, not spent in memory");
     assert_eq!(poisoned(&campus), [shard]);
+    // Memory holds 10.00 but the disk may hold 9.00: the card is in doubt everywhere,
+    // on the other shard and for the card centre, until the restart.
+    let other = campus.terminals.canteen_b;
+    assert_eq!(campus.buy(other, 1001, 10_00).code, AnswerCode::ServiceUnavailable);
+    assert!(matches!(campus.ledger().freeze(1001), Err(ControlError::InDoubt(_))));
 
     // The bytes reached the log before the sync failed: after a restart the purchase
     // is in the ledger, and the terminal's retry is told so, as a duplicate.
@@ -83,6 +96,9 @@ fn a_failed_sync_is_not_approved_and_after_restart_the_retry_gets_what_reached_t
 #[test]
 fn a_full_disk_poisons_every_journal_that_tries_to_write_and_a_restart_is_clean() {
     let (mut campus, shard) = funded("fault-full");
+    campus.open_card(1002, CardType::Student);
+    campus.top_up(1002, 10_00);
+    campus.open_card(1003, CardType::Student);
     let (canteen, other) = (campus.terminals.canteen_a, campus.terminals.canteen_b);
     let other_shard = campus.ledger().terminal(other).expect("t").shard;
     assert_ne!(shard, other_shard);
@@ -93,10 +109,12 @@ fn a_full_disk_poisons_every_journal_that_tries_to_write_and_a_restart_is_clean(
     });
     assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::Approved, "one write let through");
     assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::ServiceUnavailable);
-    // The disk stays full for everyone: the next journal to write fails too.
-    assert_eq!(campus.buy(other, 1001, 1_00).code, AnswerCode::ServiceUnavailable);
-    assert!(matches!(campus.ledger().report_lost(1001), Err(ControlError::Write(_))));
-    assert_eq!(campus.ledger().card(1001).expect("card").state, CardState::Active);
+    // The disk stays full for everyone: the next journal to write fails too (card
+    // 1001 itself is in doubt now, refused before any write).
+    assert_eq!(campus.buy(other, 1002, 1_00).code, AnswerCode::ServiceUnavailable);
+    assert!(matches!(campus.ledger().report_lost(1003), Err(ControlError::Write(_))));
+    assert_eq!(campus.ledger().card(1003).expect("card").state, CardState::Active);
+    assert!(matches!(campus.ledger().report_lost(1001), Err(ControlError::InDoubt(_))));
     assert_eq!(poisoned(&campus), [0, 1]);
     assert!(campus.ledger().control_poisoned());
     // Reads still answer.
@@ -122,8 +140,12 @@ fn a_failed_control_write_changes_nothing_and_poisons_the_control_plane_alone() 
     assert_eq!(campus.ledger().card(1001).expect("card").state, CardState::Active);
     assert!(campus.ledger().control_poisoned());
     assert!(
-        matches!(campus.ledger().report_lost(1001), Err(ControlError::Write(_))),
-        "refused until restart"
+        matches!(campus.ledger().report_lost(1001), Err(ControlError::InDoubt(_))),
+        "the card is in doubt"
+    );
+    assert!(
+        matches!(campus.ledger().report_lost(1002), Err(ControlError::Write(_))),
+        "and the control plane refuses every change until restart"
     );
     assert!(poisoned(&campus).is_empty(), "the shards go on");
     assert_eq!(campus.buy(campus.terminals.canteen_a, 1002, 1_00).code, AnswerCode::Approved);

@@ -413,7 +413,7 @@ impl From<ControlError> for ApiError {
             ControlError::DateNotClosed { .. } => (S::CONFLICT, "date_not_closed"),
             ControlError::SameAccount(_) => (S::UNPROCESSABLE_ENTITY, "same_account"),
             ControlError::UnknownAccount(_) => (S::UNPROCESSABLE_ENTITY, "invalid_account"),
-            ControlError::Storage(_) | ControlError::Write(_) => {
+            ControlError::Storage(_) | ControlError::Write(_) | ControlError::InDoubt(_) => {
                 (S::SERVICE_UNAVAILABLE, "storage_unavailable")
             }
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),

@@ -10,9 +10,11 @@ use crate::support::{Campus, FUNDED_FEN, balance_fen, outcome, purchase};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_work_says_so_and_a_restart_comes_back_clean() {
-    let campus = Campus::build("fault-disk-full", 1, &[]).await;
+    // A card for each window, and one for the card centre: a card whose batch failed is
+    // in doubt and refused without a write, so each shard and the control plane must
+    // meet the full disk with a card of its own.
+    let campus = Campus::build("fault-disk-full", 3, &[]).await;
     let Campus { server, dir, cards, canteen, other_canteen, .. } = campus;
-    let card = cards[0];
     assert!(server.stop().success());
     // Shard 0's second write finds the disk full, and so does every write after it.
     let server =
@@ -21,24 +23,24 @@ async fn a_full_disk_refuses_work_says_so_and_a_restart_comes_back_clean() {
     let (status, _) = admin.get("/readyz");
     assert_eq!(status, 200);
     let windows = [canteen.connect(&server).await, other_canteen.connect(&server).await];
-    let mut approved = 0i64;
+    let mut approved = [0i64; 2];
     let mut refused = 0;
     for round in 0..4 {
-        for window in &windows {
+        for (index, window) in windows.iter().enumerate() {
             let (code, transfer_id) =
-                outcome(&window.call(purchase(card, 1_00)).await.expect("answered"));
+                outcome(&window.call(purchase(cards[index], 1_00)).await.expect("answered"));
             match code {
                 AnswerCode::Approved => {
                     assert_eq!(refused, 0, "round {round}: approved after a refusal");
                     assert_ne!(transfer_id, 0);
-                    approved += 1;
+                    approved[index] += 1;
                 }
                 AnswerCode::ServiceUnavailable => refused += 1,
                 other => panic!("round {round}: {other:?}"),
             }
         }
     }
-    assert!(refused >= 6, "{refused} refused, {approved} approved");
+    assert!(refused >= 6, "{refused} refused, {approved:?} approved");
     let (status, ready) = admin.get("/readyz");
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["ready"], false);
@@ -46,14 +48,21 @@ async fn a_full_disk_refuses_work_says_so_and_a_restart_comes_back_clean() {
     let text = server.metrics();
     assert_eq!(metric(&text, r#"onecard_shard_poisoned{shard="0"}"#), Some(1.0));
     assert_eq!(metric(&text, r#"onecard_shard_poisoned{shard="1"}"#), Some(1.0));
-    // A control write finds the disk full too, and says so with a typed code.
-    let (status, body) = admin.post(&format!("/api/cards/{card}/freeze"), &serde_json::json!({}));
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (503, Some("storage_unavailable")),
-        "{body}"
-    );
-    assert_eq!(balance_fen(&admin, card), FUNDED_FEN - approved * 1_00, "reads still answer");
+    // A control write finds the disk full too, and says so with a typed code; a card a
+    // failed batch moved is refused the same way, before any write.
+    for card in [cards[2], cards[0]] {
+        let (status, body) =
+            admin.post(&format!("/api/cards/{card}/freeze"), &serde_json::json!({}));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("storage_unavailable")),
+            "{body}"
+        );
+    }
+    for index in 0..2 {
+        let left = FUNDED_FEN - approved[index] * 1_00;
+        assert_eq!(balance_fen(&admin, cards[index]), left, "reads still answer");
+    }
     let (_, ready) = admin.get("/readyz");
     assert_eq!(ready["control_poisoned"], true);
     drop(windows);
@@ -66,9 +75,12 @@ async fn a_full_disk_refuses_work_says_so_and_a_restart_comes_back_clean() {
     let admin = server.admin();
     let (status, ready) = admin.get("/readyz");
     assert_eq!(status, 200, "{ready}");
-    assert_eq!(balance_fen(&admin, card), FUNDED_FEN - approved * 1_00, "nothing lost or added");
+    for index in 0..2 {
+        let left = FUNDED_FEN - approved[index] * 1_00;
+        assert_eq!(balance_fen(&admin, cards[index]), left, "nothing lost or added");
+    }
     let window = canteen.connect(&server).await;
-    let (code, _) = outcome(&window.call(purchase(card, 1_00)).await.expect("answered"));
+    let (code, _) = outcome(&window.call(purchase(cards[0], 1_00)).await.expect("answered"));
     assert_eq!(code, AnswerCode::Approved);
     assert!(server.stop().success());
     drop(dir);
