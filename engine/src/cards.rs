@@ -8,7 +8,7 @@
 //! checks (state, expiry, limits, PIN, funds) and its debit happen under one lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use onecard_protocol::CardState;
@@ -372,6 +372,8 @@ pub struct CardTable {
     by_account: RwLock<HashMap<u64, Arc<CardAccount>>>,
     /// Whether any account is in doubt: the shards' one load on the common path.
     any_in_doubt: AtomicBool,
+    /// How many accounts are in doubt.
+    in_doubt_count: AtomicU64,
 }
 
 impl CardTable {
@@ -379,9 +381,17 @@ impl CardTable {
     /// Returns whether it is a card account this table holds.
     pub fn put_in_doubt(&self, account_number: u64) -> bool {
         let Some(account) = self.account(account_number) else { return false };
-        account.in_doubt.store(true, Ordering::Release);
+        if !account.in_doubt.swap(true, Ordering::AcqRel) {
+            self.in_doubt_count.fetch_add(1, Ordering::Relaxed);
+        }
         self.any_in_doubt.store(true, Ordering::Release);
         true
+    }
+
+    /// How many card accounts are in doubt.
+    #[must_use]
+    pub fn in_doubt_count(&self) -> u64 {
+        self.in_doubt_count.load(Ordering::Relaxed)
     }
 
     /// Whether card number `card_number` belongs to an account in doubt.

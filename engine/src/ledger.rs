@@ -910,6 +910,8 @@ impl Ledger {
             .shard_poisoned
             .with_label_values(&["control"])
             .set(i64::from(self.control_poisoned()));
+        let in_doubt = self.shared.cards.in_doubt_count();
+        metrics.cards_in_doubt.set(i64::try_from(in_doubt).unwrap_or(i64::MAX));
         match self.card_pool_fen() {
             Ok(total) => metrics.card_pool_fen.set(total),
             Err(error) => tracing::warn!(%error, "reading the card pool for metrics"),

@@ -146,6 +146,8 @@ pub struct Metrics {
     pub card_pool_fen: IntGauge,
     /// Cards known (refreshed at scrape).
     pub cards: IntGauge,
+    /// Card accounts a failed write left in doubt (refreshed at scrape).
+    pub cards_in_doubt: IntGauge,
     /// Terminals with a signed-on session now.
     pub terminals_signed_on: IntGauge,
     /// Terminals enabled to post (their merchant too), read at each scrape.
@@ -334,6 +336,10 @@ impl Metrics {
                 "The card pool: the sum of every card balance, in fen.",
             ),
             cards: gauge("onecard_cards", "Cards known to the ledger, current and retired."),
+            cards_in_doubt: gauge(
+                "onecard_cards_in_doubt",
+                "Card accounts a failed write left in doubt: refused until a restart.",
+            ),
             terminals_signed_on: gauge(
                 "onecard_terminals_signed_on",
                 "Terminals with a signed-on session now.",

@@ -48,6 +48,7 @@ async fn a_full_disk_refuses_work_says_so_and_a_restart_comes_back_clean() {
     let text = server.metrics();
     assert_eq!(metric(&text, r#"onecard_shard_poisoned{shard="0"}"#), Some(1.0));
     assert_eq!(metric(&text, r#"onecard_shard_poisoned{shard="1"}"#), Some(1.0));
+    assert_eq!(metric(&text, "onecard_cards_in_doubt"), Some(2.0), "each window's card");
     // A control write finds the disk full too, and says so with a typed code; a card a
     // failed batch moved is refused the same way, before any write.
     for card in [cards[2], cards[0]] {
