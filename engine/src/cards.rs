@@ -325,8 +325,8 @@ pub struct CardAccount {
     /// The card account number.
     pub number: u64,
     state: Mutex<AccountState>,
-    /// A control write on this account failed: it may or may not be on disk, so the
-    /// state in memory may not be the account's. Set without the lock (the writer
+    /// A write on this account failed: it may or may not be on disk, so the state in
+    /// memory may not be the account's. Set without the lock (the writer
     /// holds it); cleared only by a restart, which reads the disk.
     in_doubt: AtomicBool,
 }
@@ -342,7 +342,7 @@ impl CardAccount {
         }
     }
 
-    /// Whether a failed control write left this account's memory in doubt.
+    /// Whether a failed write left this account's memory in doubt.
     #[must_use]
     pub fn in_doubt(&self) -> bool {
         self.in_doubt.load(Ordering::Acquire)
@@ -381,11 +381,16 @@ impl CardTable {
     /// Returns whether it is a card account this table holds.
     pub fn put_in_doubt(&self, account_number: u64) -> bool {
         let Some(account) = self.account(account_number) else { return false };
+        self.put_account_in_doubt(&account);
+        true
+    }
+
+    /// Marks `account`, one of this table's, in doubt until restart.
+    pub fn put_account_in_doubt(&self, account: &CardAccount) {
         if !account.in_doubt.swap(true, Ordering::AcqRel) {
             self.in_doubt_count.fetch_add(1, Ordering::Relaxed);
         }
         self.any_in_doubt.store(true, Ordering::Release);
-        true
     }
 
     /// How many card accounts are in doubt.

@@ -8,10 +8,10 @@
 //! or its backups ([`crate::sealing::MasterKey::new_chain_key`]): whoever can write the
 //! data directory can change a batch and every balance it touched consistently, but
 //! cannot seal the changed batch, nor the one after it. Rotating the master key seals
-//! the same chain key again ([`crate::rekey`]), so history stays checkable. `verify` walks each journal's chain from its
-//! first batch and names the first batch whose seal does not follow; a batch removed
-//! from the middle, one moved from another journal and one forged from nothing break
-//! it alike. What the chain cannot show alone is the loss of a journal's newest batches
+//! the same chain key again ([`crate::rekey`]), so history stays checkable. `verify`
+//! walks each journal's chain from its first batch and names the first batch whose
+//! seal does not follow; a batch removed from the middle, one moved from another
+//! journal and one forged from nothing break it alike. What the chain cannot show alone is the loss of a journal's newest batches
 //! together with their balances; the balances of cards that terminals can see are the
 //! check on that.
 //!
@@ -161,15 +161,9 @@ pub fn stored(store: &Store) -> Result<Option<(String, ChainStarts)>, LedgerErro
     let Some(value) = store.db().get_cf(store.cf(CF_META), KEY_CHAIN_KEY)? else {
         return Ok(None);
     };
-    let corrupt = |detail: String| LedgerError::Corrupt { what: "chain key", detail };
-    if value.first() == Some(&b'{') {
-        let stored: StoredChainKey =
-            serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
-        return Ok(Some((stored.sealed, stored.starts)));
-    }
-    // Written before the starts were kept: the sealed key alone, bound to nothing more.
-    let sealed = String::from_utf8(value).map_err(|_| corrupt("not text".to_owned()))?;
-    Ok(Some((sealed, ChainStarts::default())))
+    let stored: StoredChainKey = serde_json::from_slice(&value)
+        .map_err(|e| LedgerError::Corrupt { what: "chain key", detail: e.to_string() })?;
+    Ok(Some((stored.sealed, stored.starts)))
 }
 
 /// The value `meta` holds for a chain key sealed as `sealed` with `starts`.
@@ -204,8 +198,8 @@ pub(crate) fn load_or_store(
     master: &MasterKey,
     starts: impl FnOnce() -> Result<ChainStarts, LedgerError>,
 ) -> Result<Chain, LedgerError> {
-    if stored(store)?.is_some() {
-        return load(store, master);
+    if let Some((sealed, starts)) = stored(store)? {
+        return Ok(Chain { key: master.open_chain_key(&sealed, &starts)?, starts });
     }
     let starts = starts()?;
     let (key, sealed) = master.new_chain_key(&starts)?;

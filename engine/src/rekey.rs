@@ -7,8 +7,8 @@
 //! seal already in the journals still checks. The write is all or nothing: after it,
 //! the store opens with the new master key alone; before it, with the old one alone.
 //! A write that failed may have reached the disk or not (a failed sync), so the new
-//! key must be kept until [`opens_with`] tells which key the store opens with. The ledger must be closed: it runs on a
-//! [`Store`] opened by itself.
+//! key must be kept until [`opens_with`] tells which key the store opens with. The
+//! ledger must be closed: it runs on a [`Store`] opened by itself.
 
 use rocksdb::{IteratorMode, WriteBatch};
 

@@ -570,7 +570,7 @@ impl ShardWriter {
                 // moved is in doubt until the restart, so that the other shards and the
                 // control plane do not decide on the money just given back.
                 for movement in work.taken.iter().chain(&work.held) {
-                    self.shared.cards.put_in_doubt(movement.account.number);
+                    self.shared.cards.put_account_in_doubt(&movement.account);
                 }
                 for (reply, message_type, _) in work.replies {
                     let _ = reply.send(refusal_of(message_type, AnswerCode::ServiceUnavailable));
@@ -666,7 +666,7 @@ impl ShardWriter {
         if self.names_card_in_doubt(request) {
             // Not retained: once a restart has read the account back, the same
             // sequence is decided afresh. A debit that was already waiting for the
-            // account's lock when the failed control write marked it is refused under
+            // account's lock when a failed write marked it is refused under
             // the lock instead, and that refusal is retained.
             return refusal(request, AnswerCode::ServiceUnavailable);
         }
@@ -695,7 +695,7 @@ impl ShardWriter {
         answer
     }
 
-    /// Whether the request names a card whose account a failed control write left in
+    /// Whether the request names a card whose account a failed write left in
     /// doubt ([`crate::cards::CardAccount::in_doubt`]). One atomic load while none is.
     fn names_card_in_doubt(&self, request: &Request) -> bool {
         let cards = &self.shared.cards;

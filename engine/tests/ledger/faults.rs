@@ -19,11 +19,15 @@ fn poisoned(campus: &Campus) -> Vec<u8> {
     campus.ledger().health().iter().filter(|h| h.poisoned).map(|h| h.shard).collect()
 }
 
-/// A campus with one funded card; its canteens on shards 0 and 1.
+/// A campus with two funded cards, 1001 and 1002 (a failed write puts the cards it
+/// moved in doubt, so a test that goes on after one needs another card); its canteens
+/// on shards 0 and 1.
 fn funded(name: &str) -> (Campus, u8) {
     let mut campus = Campus::new(name);
-    campus.open_card(1001, CardType::Student);
-    campus.top_up(1001, 10_00);
+    for card in [1001, 1002] {
+        campus.open_card(card, CardType::Student);
+        campus.top_up(card, 10_00);
+    }
     let shard = campus.ledger().terminal(campus.terminals.canteen_a).expect("t").shard;
     (campus, shard)
 }
@@ -31,8 +35,6 @@ fn funded(name: &str) -> (Campus, u8) {
 #[test]
 fn a_failed_write_approves_nothing_poisons_its_shard_alone_and_a_restart_is_clean() {
     let (mut campus, shard) = funded("fault-write");
-    campus.open_card(1002, CardType::Student);
-    campus.top_up(1002, 10_00);
     let canteen = campus.terminals.canteen_a;
     campus.ledger().inject_fault(plan(Fault::WriteFails, Some(shard)));
     assert_eq!(campus.buy(canteen, 1001, 1_00).code, AnswerCode::ServiceUnavailable);
@@ -96,8 +98,6 @@ fn a_failed_sync_is_not_approved_and_after_restart_the_retry_gets_what_reached_t
 #[test]
 fn a_full_disk_poisons_every_journal_that_tries_to_write_and_a_restart_is_clean() {
     let (mut campus, shard) = funded("fault-full");
-    campus.open_card(1002, CardType::Student);
-    campus.top_up(1002, 10_00);
     campus.open_card(1003, CardType::Student);
     let (canteen, other) = (campus.terminals.canteen_a, campus.terminals.canteen_b);
     let other_shard = campus.ledger().terminal(other).expect("t").shard;
@@ -133,8 +133,6 @@ fn a_full_disk_poisons_every_journal_that_tries_to_write_and_a_restart_is_clean(
 #[test]
 fn a_failed_control_write_changes_nothing_and_poisons_the_control_plane_alone() {
     let (mut campus, _) = funded("fault-control");
-    campus.open_card(1002, CardType::Student);
-    campus.top_up(1002, 10_00);
     campus.ledger().inject_fault(plan(Fault::WriteFails, Some(CONTROL_JOURNAL)));
     assert!(matches!(campus.ledger().report_lost(1001), Err(ControlError::Write(_))));
     assert_eq!(campus.ledger().card(1001).expect("card").state, CardState::Active);
@@ -164,8 +162,6 @@ fn a_failed_control_write_changes_nothing_and_poisons_the_control_plane_alone() 
 #[test]
 fn a_card_closed_by_a_write_whose_sync_failed_is_refused_until_the_restart_reads_the_disk() {
     let (mut campus, _) = funded("fault-control-sync");
-    campus.open_card(1002, CardType::Student);
-    campus.top_up(1002, 10_00);
     let canteen = campus.terminals.canteen_a;
     // The closure moves the card's 10.00 to refund payable; its write reaches the log,
     // then the sync fails. Memory still holds an active card with 10.00.
