@@ -36,6 +36,12 @@ pub const TRANSFER_SEQUENCE_BITS: u32 = 56;
 /// has its own journal beside the shards'.
 pub const CONTROL_JOURNAL: u8 = u8::MAX;
 
+/// The number the checkpointer's writes go through the storage door under
+/// (`checkpoint.rs`). It is no journal of batches: what it writes (balances and the
+/// statement index, with the journal positions they reflect) is derived from the
+/// journals, so losing it loses nothing, but it has its own poison flag and faults.
+pub const CHECKPOINT_JOURNAL: u8 = 253;
+
 /// The shard (or [`CONTROL_JOURNAL`]) that wrote transfer `id`.
 #[must_use]
 pub fn journal_of(transfer_id: u64) -> u8 {
@@ -214,6 +220,9 @@ impl Entry {
     pub const QUARANTINED: u8 = 2;
     /// An offline record that was a duplicate of one already posted.
     pub const DUPLICATE: u8 = 4;
+    /// A reversal of a purchase of the same business date: the purchase's amount no
+    /// longer counts against the card's daily limit (`postings::Postings::of`).
+    pub const SPENT_BACK: u8 = 8;
 }
 
 /// A decoded batch record.

@@ -35,13 +35,15 @@ use crate::cards::{
     LimitOverrides, Limits, PinHash,
 };
 use crate::chain::{Chain, ChainStarts, Seal};
+use crate::checkpoint::{Committed, IndexWatermarks, Intervals, Message, RecoverError, Totals};
 use crate::date::{BusinessDate, Clock, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
 use crate::journal::{
-    Batch, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key, first_transfer_id,
-    journal_of, read_transfer, seek_key,
+    Batch, CHECKPOINT_JOURNAL, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key,
+    first_transfer_id, journal_of, read_transfer, seek_key,
 };
 use crate::limits::{
+    CHECKPOINT_INTERVAL_MS_DEFAULT, CHECKPOINT_QUEUE_BATCHES_MAX, INDEX_INTERVAL_MS_DEFAULT,
     NAME_BYTES_MAX, SHARD_QUEUE_REQUESTS_MAX, SHARDS_MAX, STATEMENT_PAGE_MAX,
     SUBSIDY_BATCH_ROWS_MAX,
 };
@@ -55,8 +57,8 @@ use crate::shard::{
 };
 use crate::storage::{FaultPlan, StorageError};
 use crate::store::{
-    CF_BALANCES, CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, KEY_CLOSED_THROUGH, OpenError,
-    Store, control_key, journal_cf, prefixed_key, shard_key,
+    CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, KEY_CLOSED_THROUGH, OpenError, Store,
+    control_key, journal_cf, prefixed_key, shard_key,
 };
 
 /// How a ledger runs.
@@ -77,6 +79,12 @@ pub struct LedgerConfig {
     /// Seals terminal keys at rest (`sealing`); a store must be opened with the key
     /// it was sealed with.
     pub master_key: MasterKey,
+    /// How often the checkpointer writes changed balances with the journal position
+    /// they reflect: a restart after `kill -9` replays at most this much journal.
+    pub checkpoint_interval_ms: u64,
+    /// How often the checkpointer writes the statement index; a statement reads at
+    /// most this much journal beside the index.
+    pub index_interval_ms: u64,
 }
 
 impl LedgerConfig {
@@ -106,6 +114,8 @@ impl Default for LedgerConfig {
             // A fresh key: a store made with the default is opened again only with
             // the same config (ops reads the key from its file or the environment).
             master_key: MasterKey::generate().expect("the system gives randomness"),
+            checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+            index_interval_ms: INDEX_INTERVAL_MS_DEFAULT,
         }
     }
 }
@@ -134,6 +144,24 @@ pub enum LedgerError {
         /// What is wrong with it.
         detail: String,
     },
+    /// A thread of the ledger (a shard's writer, the checkpointer) could not start.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+impl From<RecoverError> for LedgerError {
+    fn from(error: RecoverError) -> Self {
+        match error {
+            RecoverError::Rocks(error) => Self::Storage(error),
+            RecoverError::Write(error) => Self::Write(error),
+            RecoverError::Corrupt { what, detail } => Self::Corrupt { what, detail },
+        }
+    }
 }
 
 /// Why a control operation was refused. Nothing was written.
@@ -351,7 +379,7 @@ pub(crate) struct ControlState {
 
 /// What every thread of the ledger shares.
 pub(crate) struct Shared {
-    pub store: Store,
+    pub store: Arc<Store>,
     pub cards: CardTable,
     pub directory: Directory,
     pub config: LedgerConfig,
@@ -371,9 +399,36 @@ pub(crate) struct Shared {
     pub settled: Mutex<std::collections::BTreeSet<BusinessDate>>,
     blacklist_version: AtomicU64,
     control: Mutex<ControlState>,
+    /// Non-card balances and the card pool as of every durable batch.
+    totals: Mutex<Totals>,
+    /// How far the statement index reaches in each journal.
+    pub indexed: Arc<IndexWatermarks>,
+    /// Where durable batches go to be checkpointed and indexed.
+    checkpoint: Sender<Message>,
 }
 
 impl Shared {
+    /// Non-card balances and the card pool, for a durable batch to be applied to or
+    /// read.
+    pub fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
+        self.totals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a durable batch to the checkpointer, waiting while its queue is full
+    /// (bounded: a checkpointer that falls behind slows the journals, never memory).
+    pub fn checkpoint(&self, committed: Committed) {
+        if self.checkpoint.send(Message::Committed(committed)).is_err() {
+            tracing::error!("the checkpointer has stopped; the next start replays the journal");
+        }
+    }
+
+    /// Asks the checkpointer to write everything it holds, synced, and waits; whether
+    /// it landed (false once a checkpoint write has failed).
+    pub fn flush_checkpoint(&self) -> bool {
+        let (done, landed) = bounded(1);
+        self.checkpoint.send(Message::Flush(done)).is_ok() && landed.recv().unwrap_or(false)
+    }
+
     /// The open business date.
     pub fn open_date(&self) -> BusinessDate {
         BusinessDate::from_yyyymmdd(self.business_date.load(Ordering::Acquire))
@@ -437,6 +492,8 @@ pub struct Ledger {
     pub(crate) shared: Arc<Shared>,
     queues: Vec<Sender<Command>>,
     threads: Vec<JoinHandle<()>>,
+    /// The checkpointer's thread, stopped after the shards' at close.
+    checkpointer: Option<JoinHandle<()>>,
     stats: Vec<Arc<ShardStats>>,
 }
 
@@ -466,7 +523,8 @@ impl Ledger {
     /// [`LedgerError`] if the store will not open or holds a record this build cannot
     /// read.
     pub fn open(path: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
-        let store = Store::open(path, config.shards)?;
+        let store = Arc::new(Store::open(path, config.shards)?);
+        let recovered = crate::checkpoint::recover(&store)?;
         let db = store.db();
         let meta = store.cf(CF_META);
         let today = config.clock_date();
@@ -491,7 +549,14 @@ impl Ledger {
             last_date: 0,
             last_seal: Seal::GENESIS,
         };
-        Self::load_control(&store, &config.master_key, &directory, &cards, &mut control)?;
+        Self::load_control(
+            &store,
+            &config.master_key,
+            &directory,
+            &cards,
+            &recovered.cards,
+            &mut control,
+        )?;
         let chain =
             crate::chain::load_or_store(&store, &config.master_key, || chain_starts(&store))?;
         if let Some(last) = last_batch(&store, CONTROL_JOURNAL)? {
@@ -505,13 +570,28 @@ impl Ledger {
         let blacklist_version = control.blacklist_version;
         let audit = AuditLog::open(&store, chain.key.clone())?;
         let settled = crate::settlement::load_settled_dates(&store)?;
+        let indexed = Arc::new(crate::checkpoint::index_watermarks(shards, &recovered));
+        let metrics = Arc::new(Metrics::new(shards));
+        let (checkpoint, checkpoint_queue) = bounded(CHECKPOINT_QUEUE_BATCHES_MAX);
+        let intervals = Intervals {
+            checkpoint: std::time::Duration::from_millis(config.checkpoint_interval_ms),
+            index: std::time::Duration::from_millis(config.index_interval_ms),
+        };
+        let checkpointer = crate::checkpoint::start(
+            Arc::clone(&store),
+            checkpoint_queue,
+            intervals,
+            Arc::clone(&indexed),
+            Arc::clone(&metrics),
+        )
+        .map_err(|source| LedgerError::Thread { name: "onecard-checkpoint".to_owned(), source })?;
         let shared = Arc::new(Shared {
             store,
             cards,
             directory,
             chain,
             config,
-            metrics: Arc::new(Metrics::new(shards)),
+            metrics,
             audit,
             business_date: AtomicU32::new(date.to_yyyymmdd()),
             closed_through: AtomicU32::new(date.previous().to_yyyymmdd()),
@@ -519,6 +599,9 @@ impl Ledger {
             settled: Mutex::new(settled),
             blacklist_version: AtomicU64::new(blacklist_version),
             control: Mutex::new(control),
+            totals: Mutex::new(recovered.totals),
+            indexed,
+            checkpoint,
         });
         let mut queues = Vec::new();
         let mut threads = Vec::new();
@@ -545,15 +628,16 @@ impl Ledger {
                 Arc::clone(&shard_stats),
                 recovered,
             );
+            let name = format!("onecard-shard-{shard}");
             let thread = std::thread::Builder::new()
-                .name(format!("onecard-shard-{shard}"))
+                .name(name.clone())
                 .spawn(move || writer.run())
-                .map_err(|error| corrupt("thread", error))?;
+                .map_err(|source| LedgerError::Thread { name, source })?;
             queues.push(sender);
             threads.push(thread);
             stats.push(shard_stats);
         }
-        let ledger = Self { shared, queues, threads, stats };
+        let ledger = Self { shared, queues, threads, checkpointer: Some(checkpointer), stats };
         ledger.activate_merchants(open).map_err(|error| corrupt("merchant", error))?;
         Ok(ledger)
     }
@@ -563,26 +647,11 @@ impl Ledger {
         master_key: &MasterKey,
         directory: &Directory,
         cards: &CardTable,
+        money: &HashMap<u64, CardMoney>,
         control: &mut ControlState,
     ) -> Result<(), LedgerError> {
         let db = store.db();
         let cf = store.cf(CF_CONTROL);
-        let balances = store.cf(CF_BALANCES);
-        // Card balances first, in one sequential scan: a point read per card would
-        // cost a million random reads on a large campus.
-        let mut money = HashMap::new();
-        let card_prefix = [AccountKind::Card as u8];
-        for item in db.iterator_cf(balances, IteratorMode::From(&card_prefix, Direction::Forward)) {
-            let (key, value) = item?;
-            if key.first() != Some(&(AccountKind::Card as u8)) {
-                break;
-            }
-            let raw = be_u64(&key).ok_or_else(|| corrupt("balance key", hex::encode(&key)))?;
-            let account = AccountId::from_u64(raw).map_err(|raw| corrupt("balance key", raw))?;
-            let card_money =
-                CardMoney::decode(&value).ok_or_else(|| corrupt("card balance", raw))?;
-            money.insert(account.number(), card_money);
-        }
         let mut merchants = HashMap::new();
         let mut accounts: HashMap<u64, Arc<CardAccount>> = HashMap::new();
         let mut unsealed = WriteBatch::default();
@@ -857,6 +926,13 @@ impl Ledger {
         &self.shared.store
     }
 
+    /// Arms a crash point inside the checkpointer: the process aborts there (tests,
+    /// and `serve` under `ONECARD_CHECKPOINT_CRASH`).
+    pub fn arm_checkpoint_crash(&self, plan: crate::checkpoint::CrashPlan) {
+        tracing::warn!(?plan, "checkpoint crash armed");
+        let _ = self.shared.checkpoint.send(Message::ArmCrash(plan));
+    }
+
     /// Arms a storage fault (`storage.rs`): the write it picks fails as a disk's
     /// would, so tests can watch the journal poison itself and the restart recover.
     pub fn inject_fault(&self, plan: FaultPlan) {
@@ -910,6 +986,11 @@ impl Ledger {
             .shard_poisoned
             .with_label_values(&["control"])
             .set(i64::from(self.control_poisoned()));
+        let checkpoint_poisoned = self.shared.store.is_poisoned(CHECKPOINT_JOURNAL);
+        metrics
+            .shard_poisoned
+            .with_label_values(&["checkpoint"])
+            .set(i64::from(checkpoint_poisoned));
         let in_doubt = self.shared.cards.in_doubt_count();
         metrics.cards_in_doubt.set(i64::try_from(in_doubt).unwrap_or(i64::MAX));
         match self.card_pool_fen() {
@@ -983,11 +1064,7 @@ impl Ledger {
     /// # Errors
     /// If the store cannot be read.
     pub fn card_pool_fen(&self) -> Result<i64, rocksdb::Error> {
-        let balances = self.shared.store.cf(CF_BALANCES);
-        let value = self.shared.store.db().get_cf(balances, crate::store::KEY_CARD_POOL)?;
-        Ok(value
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-            .map_or(0, i64::from_le_bytes))
+        Ok(self.shared.totals().card_pool_fen())
     }
 
     // ----- merchants and terminals -----
@@ -1956,7 +2033,6 @@ impl Ledger {
             BusinessDate::from_yyyymmdd(control.last_date)
                 .unwrap_or(BusinessDate::from_unix_days(0)),
         );
-        let mut postings = Postings::default();
         let batch = Batch {
             number: control.next_batch,
             business_date: date,
@@ -1983,10 +2059,7 @@ impl Ledger {
             entries: Vec::<Entry>::new(),
             seal: None,
         };
-        for transfer in &batch.transfers {
-            postings.add(transfer);
-        }
-        postings.write(store, &mut write);
+        let postings = Postings::of(date, &batch.transfers, &batch.entries);
         let key = batch_key(batch.first_transfer_id, batch.number);
         let journal = store.cf(&journal_cf(CONTROL_JOURNAL));
         let (record, seal) =
@@ -2001,6 +2074,10 @@ impl Ledger {
         control.next_batch += 1;
         control.last_date = date.to_yyyymmdd();
         control.last_seal = seal;
+        self.shared.totals().apply(&postings);
+        // Sent under the control mutex, so the control journal's batches reach the
+        // checkpointer in commit order.
+        self.shared.checkpoint(Committed { journal: CONTROL_JOURNAL, key, postings });
         Ok(())
     }
 
@@ -2029,26 +2106,23 @@ impl Ledger {
         })
     }
 
-    /// An account's committed balance, from disk. For a card purse, the purse.
+    /// An account's balance as of every durable batch, from memory. For a card purse,
+    /// the purse as the card table holds it (the authority: a debit being committed
+    /// is already taken from it).
     ///
     /// # Errors
-    /// If the store cannot be read.
+    /// None today; the signature keeps the store's reads possible.
     pub fn account_balance(&self, account: AccountId) -> Result<i64, rocksdb::Error> {
-        let balances = self.shared.store.cf(CF_BALANCES);
-        let key_account = match account.kind() {
-            AccountKind::CardRestricted => AccountId::card(account.number()),
-            _ => account,
+        let purse = |restricted: bool| {
+            self.shared.cards.account(account.number()).map_or(0, |card| {
+                let state = card.lock();
+                if restricted { state.restricted_fen } else { state.balance_fen }
+            })
         };
-        let value = self.shared.store.db().get_cf(balances, key_account.to_u64().to_be_bytes())?;
-        Ok(match (account.kind(), value) {
-            (_, None) => 0,
-            (AccountKind::Card, Some(bytes)) => {
-                CardMoney::decode(&bytes).map_or(0, |m| m.balance_fen)
-            }
-            (AccountKind::CardRestricted, Some(bytes)) => {
-                CardMoney::decode(&bytes).map_or(0, |m| m.restricted_fen)
-            }
-            (_, Some(bytes)) => <[u8; 8]>::try_from(bytes.as_slice()).map_or(0, i64::from_le_bytes),
+        Ok(match account.kind() {
+            AccountKind::Card => purse(false),
+            AccountKind::CardRestricted => purse(true),
+            _ => self.shared.totals().balance(account),
         })
     }
 
@@ -2063,6 +2137,10 @@ impl Ledger {
     }
 
     /// A page of a card's statement, newest first, starting before `before`.
+    ///
+    /// The statement index reaches each journal's index watermark; the batches after
+    /// it (at most an index interval's) are read from the journal and merged in, so a
+    /// movement is listed from the moment its answer was sent.
     ///
     /// # Errors
     /// [`ControlError::UnknownCard`], or a failed read.
@@ -2080,30 +2158,66 @@ impl Ledger {
             || index_key(account, u64::MAX, u64::MAX),
             |cursor| index_key(account, cursor.timestamp_ms, cursor.transfer_id),
         );
-        let index = self.shared.store.cf(CF_INDEX);
-        let mut iter = self.shared.store.db().raw_iterator_cf(index);
+        // The watermarks first: whatever the index holds past them is found twice and
+        // kept once; nothing after them can be missing from the journal.
+        let store = &self.shared.store;
+        let watermarks: Vec<(u8, [u8; 16])> =
+            store.journals().map(|journal| (journal, self.shared.indexed.of(journal))).collect();
+        let view = store.db().snapshot();
+        let mut keys = Vec::new();
+        let mut iter = view.raw_iterator_cf(store.cf(CF_INDEX));
         iter.seek_for_prev(upper);
-        let mut transfers = Vec::new();
-        let mut last = None;
-        while iter.valid() && transfers.len() < limit {
+        while iter.valid() && keys.len() < limit {
             let Some(key) = iter.key() else { break };
-            if key.len() != 24 || be_u64(&key[..8]) != Some(account) {
+            let Ok(key) = <[u8; 24]>::try_from(key) else { break };
+            if be_u64(&key[..8]) != Some(account) {
                 break;
             }
             if key != upper {
-                let id = be_u64(&key[16..]).unwrap_or(0);
-                if let Some(transfer) = self.transfer(id) {
-                    last = Some(StatementCursor {
-                        timestamp_ms: transfer.timestamp_ms,
-                        transfer_id: id,
-                    });
-                    transfers.push(transfer);
-                }
+                keys.push(key);
             }
             iter.prev();
         }
         iter.status()?;
-        let next = if transfers.len() == limit { last } else { None };
+        drop(iter);
+        let mut tail = Vec::new();
+        for (journal, watermark) in watermarks {
+            crate::checkpoint::for_each_batch_after(
+                store,
+                &view,
+                journal,
+                watermark,
+                |_, batch| {
+                    for transfer in &batch.transfers {
+                        let moves_card = [transfer.debit, transfer.credit]
+                            .iter()
+                            .any(|side| side.kind().is_card() && side.number() == account);
+                        let key = index_key(account, transfer.timestamp_ms, transfer.id);
+                        if moves_card && key < upper {
+                            keys.push(key);
+                            tail.push(*transfer);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|error| ControlError::Corrupt(error.to_string()))?;
+        }
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        keys.dedup();
+        keys.truncate(limit);
+        let mut transfers = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let id = be_u64(&key[16..]).unwrap_or(0);
+            let found = tail.iter().find(|t| t.id == id).copied().or_else(|| self.transfer(id));
+            if let Some(transfer) = found {
+                transfers.push(transfer);
+            }
+        }
+        let next = (transfers.len() == limit)
+            .then(|| transfers.last())
+            .flatten()
+            .map(|last| StatementCursor { timestamp_ms: last.timestamp_ms, transfer_id: last.id });
         Ok(Statement { transfers, next })
     }
 
@@ -2227,6 +2341,9 @@ impl Ledger {
                 (account.number, state.balance_fen, state.restricted_fen)
             })
             .collect();
+        // Balances and the index written up to this moment, so that the checkpoint
+        // compared is the latest.
+        self.shared.flush_checkpoint();
         crate::verify::verify(&self.shared.store, Some(&self.shared.chain), Some(&in_memory))
     }
 
@@ -2245,6 +2362,14 @@ impl Ledger {
             if thread.join().is_err() {
                 tracing::error!("a shard thread panicked");
             }
+        }
+        // Every batch is in; the last checkpoint and index run reflect the journals
+        // to their ends, so the next open replays nothing.
+        let _ = self.shared.checkpoint.send(Message::Stop);
+        if let Some(thread) = self.checkpointer.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the checkpointer panicked");
         }
         // Everything is already durable in the log; flushing the memtables now means
         // the next open does not replay it.

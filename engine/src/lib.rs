@@ -13,7 +13,9 @@
 //! - [`chain`] — the seal that links each journal batch to the one before it.
 //! - [`cards`] — card accounts, limits, PINs, and the in-memory card table.
 //! - [`directory`] — merchants and terminals.
-//! - [`postings`] — the balance merges and index keys a batch derives.
+//! - [`postings`] — the one apply: what a batch record derives (balances, index keys).
+//! - [`checkpoint`] — balances and the statement index written off the commit path,
+//!   with their journal watermarks; recovery of the journal tail.
 //! - [`shard`] — a shard's writer thread: decide a batch, commit it, answer.
 //! - [`ledger`] — opening and recovery, submission, control operations, queries.
 //! - [`settlement`] — merchant settlement of a closed business date.
@@ -34,6 +36,7 @@ pub mod adjustment;
 pub mod audit;
 pub mod cards;
 pub mod chain;
+pub mod checkpoint;
 pub mod date;
 pub mod directory;
 pub mod frontdoor;

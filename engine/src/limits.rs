@@ -57,6 +57,22 @@ pub const PIN_FAILURES_MAX: u32 = 5;
 /// transfers by refunds and reversals (24 bytes each).
 pub const RECENT_BATCHES_MAX: usize = 1 << 20;
 
+/// Durable batches waiting for the checkpointer. A full queue makes the journals wait
+/// for it (it folds a batch in microseconds), so memory stays bounded.
+pub const CHECKPOINT_QUEUE_BATCHES_MAX: usize = 4_096;
+
+/// Index keys the checkpointer gathers before it writes them as one sorted run, even
+/// if the index interval has not passed (24 bytes each: 6 MiB).
+pub const INDEX_RUN_KEYS_MAX: usize = 1 << 18;
+
+/// How often changed balances are checkpointed by default, ms: a restart after
+/// `kill -9` replays at most this much journal (BENCHMARKS.md gives the cost).
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 1_000;
+
+/// How often the statement index is written by default, ms: a statement reads at
+/// most this much journal beside the index.
+pub const INDEX_INTERVAL_MS_DEFAULT: u64 = 200;
+
 /// Transfers one statement page returns at most.
 pub const STATEMENT_PAGE_MAX: usize = 200;
 

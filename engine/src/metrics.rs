@@ -123,6 +123,10 @@ pub struct Metrics {
     transfers: Vec<IntCounter>,
     /// Time one shard batch spends in its synced RocksDB write.
     pub commit_seconds: Histogram,
+    /// Time one checkpoint write (balances, or an index run) takes.
+    pub checkpoint_seconds: Histogram,
+    /// Checkpoint writes (balances and index runs) that landed.
+    pub checkpoints_total: IntCounter,
     /// Requests per committed batch.
     pub batch_requests: Histogram,
     /// Requests waiting in each shard's queue (refreshed at scrape).
@@ -254,6 +258,17 @@ impl Metrics {
             )
             .expect("commit histogram"),
         );
+        let checkpoint_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "onecard_checkpoint_duration_seconds",
+                    "Time one checkpoint write (changed balances, or an index run) takes.",
+                )
+                .buckets(LATENCY_BUCKETS_SECONDS.to_vec()),
+            )
+            .expect("checkpoint histogram"),
+        );
         let batch_requests = register(
             &registry,
             Histogram::with_opts(
@@ -301,6 +316,15 @@ impl Metrics {
             request_seconds,
             transfers,
             commit_seconds,
+            checkpoint_seconds,
+            checkpoints_total: register(
+                &registry,
+                IntCounter::new(
+                    "onecard_checkpoints_total",
+                    "Checkpoint writes (changed balances and index runs) that landed.",
+                )
+                .expect("checkpoints counter"),
+            ),
             batch_requests,
             shard_queue_depth,
             shard_poisoned,

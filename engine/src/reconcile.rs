@@ -27,8 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::account::{AccountId, AccountKind};
-use crate::cards::CardMoney;
+use crate::account::AccountId;
 use crate::date::BusinessDate;
 use onecard_protocol::MessageType;
 
@@ -36,7 +35,7 @@ use crate::journal::{Batch, CONTROL_JOURNAL, TransferKind, batch_key, first_tran
 use crate::ledger::{ControlError, Ledger};
 use crate::limits::RECONCILIATION_DISCREPANCIES_MAX;
 use crate::settlement::Settlement;
-use crate::store::{CF_BALANCES, CF_CONTROL, KEY_CARD_POOL, Store, control_key, journal_cf};
+use crate::store::{CF_CONTROL, Store, control_key, journal_cf};
 
 /// One disagreement: what, and by how much.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -258,40 +257,25 @@ fn scan(store: &Store, view: &View<'_>, date: BusinessDate) -> Result<Scan, Cont
     Ok(scan)
 }
 
-/// Every stored balance: (sum of all accounts, sum of card purses, the card-pool
+/// Every balance as the view's journals give it (the checkpoint, and the batches
+/// after its watermarks): (sum of all accounts, sum of card purses, the card-pool
 /// control total, each merchant's balance).
 fn balances(
     store: &Store,
     view: &View<'_>,
 ) -> Result<(i64, i64, i64, HashMap<u32, i64>), ControlError> {
-    let mut all = 0i64;
-    let mut cards = 0i64;
-    let mut pool = 0i64;
+    let (cards, totals) = crate::checkpoint::balances_in(store, view)
+        .map_err(|error| ControlError::Corrupt(format!("balances: {error}")))?;
+    let cards_fen: i64 = cards.values().map(|money| money.balance_fen + money.restricted_fen).sum();
+    let mut all = cards_fen;
     let mut merchants = HashMap::new();
-    for item in view.iterator_cf(store.cf(CF_BALANCES), rocksdb::IteratorMode::Start) {
-        let (key, value) = item?;
-        if key.as_ref() == KEY_CARD_POOL {
-            pool = <[u8; 8]>::try_from(value.as_ref()).map_or(0, i64::from_le_bytes);
-            continue;
-        }
-        let Some(raw) = <[u8; 8]>::try_from(key.as_ref()).ok().map(u64::from_be_bytes) else {
-            continue;
-        };
-        let Ok(account) = AccountId::from_u64(raw) else { continue };
-        let fen = if account.kind() == AccountKind::Card {
-            let money = CardMoney::decode(&value)
-                .ok_or_else(|| ControlError::Corrupt(format!("balance of {account}")))?;
-            cards += money.balance_fen + money.restricted_fen;
-            money.balance_fen + money.restricted_fen
-        } else {
-            <[u8; 8]>::try_from(value.as_ref()).map_or(0, i64::from_le_bytes)
-        };
+    for (account, fen) in totals.accounts() {
         all += fen;
         if let Some(merchant) = account.merchant_id() {
             merchants.insert(merchant, fen);
         }
     }
-    Ok((all, cards, pool, merchants))
+    Ok((all, cards_fen, totals.card_pool_fen(), merchants))
 }
 
 /// Every stored settlement record, oldest date first.

@@ -10,9 +10,13 @@
 //!    balance at once (under the account's mutex, the one authority across shards);
 //!    credits are held back until the batch is durable, so no shard can spend money
 //!    that might yet be lost.
-//! 3. Write the journal record, the balance merges, the statement index, the sale and
-//!    offline marks and every touched terminal's state in one `WriteBatch`, synced.
-//! 4. On success apply the held credits and answer. On failure give the debits back,
+//! 3. Write the journal record, with what a retry or a refund must find at once (the
+//!    sale and offline marks, top-up references and every touched terminal's state),
+//!    in one `WriteBatch`, synced. Nothing per card or per movement is written here:
+//!    balances and the statement index are derived from the record
+//!    ([`crate::postings::Postings::of`]) and written by the checkpointer.
+//! 4. On success apply the held credits and the batch's postings to memory, hand the
+//!    postings to the checkpointer, and answer. On failure give the debits back,
 //!    poison the shard (it answers `ServiceUnavailable` from then on) and answer
 //!    every request in the batch `ServiceUnavailable`: nothing was approved.
 
@@ -37,6 +41,7 @@ use tokio::sync::oneshot;
 use crate::account::AccountId;
 use crate::cards::{AccountState, CardAccount, CardEntry};
 use crate::chain::Seal;
+use crate::checkpoint::Committed;
 use crate::date::BusinessDate;
 use crate::directory::{MerchantCategory, Terminal};
 use crate::journal::{
@@ -358,7 +363,6 @@ struct Work {
     first_transfer_id: u64,
     transfers: Vec<Transfer>,
     entries: Vec<Entry>,
-    postings: Postings,
     replies: Vec<(oneshot::Sender<Answer>, MessageType, Answer)>,
     /// Debits taken from memory; given back if the write fails.
     taken: Vec<Movement>,
@@ -395,7 +399,6 @@ impl Work {
             meal_period: leg.meal_period,
             continues: leg.continues,
         };
-        self.postings.add(&transfer);
         self.transfers.push(transfer);
         id
     }
@@ -512,7 +515,6 @@ impl ShardWriter {
             first_transfer_id: self.next_transfer_id,
             transfers: Vec::with_capacity(commands.len() * 2),
             entries: Vec::with_capacity(commands.len()),
-            postings: Postings::default(),
             replies: Vec::with_capacity(commands.len()),
             taken: Vec::new(),
             held: Vec::new(),
@@ -526,6 +528,9 @@ impl ShardWriter {
             let message_type = command.submission.request.message_type();
             work.replies.push((command.reply, message_type, answer));
         }
+        // The one apply, computed before the write so that a batch that does not
+        // balance is never written (it panics: a bug, not an operating error).
+        let postings = Postings::of(date, &work.transfers, &work.entries);
         let committed =
             if work.entries.is_empty() { Ok(None) } else { self.commit(&work).map(Some) };
         match committed {
@@ -533,6 +538,7 @@ impl ShardWriter {
                 if let Some(seal) = seal {
                     self.last_seal = seal;
                 }
+                self.shared.totals().apply(&postings);
                 for movement in &work.held {
                     let mut state = movement.account.lock();
                     state.balance_fen += movement.main_fen;
@@ -554,6 +560,11 @@ impl ShardWriter {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.transfers.fetch_add(work.transfers.len() as u64, Ordering::Relaxed);
                 self.stats.requests.fetch_add(requests, Ordering::Relaxed);
+                // Queued for the checkpointer before anyone is answered, so that a flush
+                // asked for after an answer includes its batch.
+                if seal.is_some() {
+                    self.shared.checkpoint(Committed { journal: self.id, key: work.key, postings });
+                }
                 for (reply, _, answer) in work.replies {
                     let _ = reply.send(answer);
                 }
@@ -599,7 +610,6 @@ impl ShardWriter {
             let key = prefixed_key(shard_key::DAY_START, &work.date.to_yyyymmdd().to_be_bytes());
             write.put_cf(journal, key, work.key);
         }
-        work.postings.write(store, &mut write);
         for (id, mark) in &work.sale_marks {
             let key = prefixed_key(shard_key::SALE_MARK, &id.to_be_bytes());
             write.put_cf(journal, key, mark.encode());
@@ -785,7 +795,6 @@ impl ShardWriter {
             Err(code) => return refuse(work, code, balances),
         };
         let account_number = card.account.number;
-        work.postings.add_spent(account_number, work.date, fen);
         work.taken.push(Movement {
             account: Arc::clone(&card.account),
             main_fen: debit.main_fen,
@@ -1201,9 +1210,9 @@ impl ShardWriter {
         let Some(card) = self.shared.cards.card(card_number) else {
             return answer(work, AnswerCode::UnknownCard, None, (0, 0), 0);
         };
-        let account_number = card.account.number;
         let first_id = work.next_id();
         let balances;
+        let mut flags = 0;
         if original.message_type == MessageType::Purchase {
             if self.sale_mark(work, first.id).refunded_fen > 0 {
                 return answer(work, AnswerCode::ReversalMismatch, None, (0, 0), 0);
@@ -1237,7 +1246,7 @@ impl ShardWriter {
                 );
             }
             if same_day {
-                work.postings.add_spent(account_number, work.date, spent_back);
+                flags = Entry::SPENT_BACK;
             }
             work.held.push(Movement {
                 account: Arc::clone(&card.account),
@@ -1286,7 +1295,7 @@ impl ShardWriter {
         {
             original.reversed = true;
         }
-        answer(work, AnswerCode::Approved, Some(first_id), balances, 0)
+        answer(work, AnswerCode::Approved, Some(first_id), balances, flags)
     }
 
     fn offline(

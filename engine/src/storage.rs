@@ -1,8 +1,9 @@
 //! The door every durable write passes on its way to RocksDB, and the faults a test
 //! can put in that door.
 //!
-//! A write names its journal: a shard, or [`CONTROL_JOURNAL`] for everything else
-//! (control batches, records, dates, workflows, the audit log, operators). A journal
+//! A write names its journal: a shard, [`CHECKPOINT_JOURNAL`] for the checkpointer's
+//! derived writes, or [`CONTROL_JOURNAL`] for everything else (control batches,
+//! records, dates, workflows, the audit log, operators). A journal
 //! whose write fails is poisoned: it refuses every later write until the process
 //! restarts, because after a failed write or sync nobody knows what reached the disk,
 //! and the engine's counters (next transfer id, next batch) may no longer match it.
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
-use crate::journal::CONTROL_JOURNAL;
+use crate::journal::{CHECKPOINT_JOURNAL, CONTROL_JOURNAL};
 
 /// Why a write did not become durable.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +98,10 @@ impl fmt::Display for Fault {
 /// that journal's writes have gone through.
 ///
 /// Written `fault[@journal][+after]`: `write_fails`, `sync_fails@1`,
-/// `disk_full@control+20`. Journals are shard numbers or `control`.
+/// `disk_full@control+20`, `write_fails@checkpoint`. Journals are shard numbers,
+/// `control` or `checkpoint`. A plan for any journal counts and fails only the
+/// journals of batches and the control plane's writes, never the checkpointer's,
+/// unless it is a full disk (which refuses every write once it has fired).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultPlan {
     /// The fault.
@@ -112,7 +116,7 @@ pub struct FaultPlan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "storage fault `{0}`: expected write_fails|sync_fails|disk_full, then optionally \
-     @<shard>|@control and +<writes to let through>"
+     @<shard>|@control|@checkpoint and +<writes to let through>"
 )]
 pub struct FaultPlanError(String);
 
@@ -127,9 +131,16 @@ impl FromStr for FaultPlan {
         };
         let (fault, journal) = match rest.split_once('@') {
             Some((fault, "control")) => (fault, Some(CONTROL_JOURNAL)),
+            Some((fault, "checkpoint")) => (fault, Some(CHECKPOINT_JOURNAL)),
             Some((fault, shard)) => (
                 fault,
-                Some(shard.parse().ok().filter(|s| *s != CONTROL_JOURNAL).ok_or_else(error)?),
+                Some(
+                    shard
+                        .parse()
+                        .ok()
+                        .filter(|s| *s != CONTROL_JOURNAL && *s != CHECKPOINT_JOURNAL)
+                        .ok_or_else(error)?,
+                ),
             ),
             None => (rest, None),
         };
@@ -194,8 +205,10 @@ impl<S: Storage> FaultInjecting<S> {
         }
         let mut slot = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
         let armed = slot.as_mut()?;
-        if armed.plan.journal.is_some_and(|j| j != journal) {
-            return None;
+        match armed.plan.journal {
+            Some(target) if target != journal => return None,
+            None if journal == CHECKPOINT_JOURNAL => return None,
+            _ => {}
         }
         if armed.seen < armed.plan.after_writes {
             armed.seen += 1;
@@ -255,7 +268,23 @@ mod tests {
             "write_fails".parse(),
             Ok(FaultPlan { fault: Fault::WriteFails, journal: None, after_writes: 0 })
         );
-        for bad in ["", "slow", "disk_full@", "disk_full@x", "disk_full@255", "write_fails+-1"] {
+        assert_eq!(
+            "write_fails@checkpoint".parse(),
+            Ok(FaultPlan {
+                fault: Fault::WriteFails,
+                journal: Some(CHECKPOINT_JOURNAL),
+                after_writes: 0
+            })
+        );
+        for bad in [
+            "",
+            "slow",
+            "disk_full@",
+            "disk_full@x",
+            "disk_full@255",
+            "disk_full@253",
+            "write_fails+-1",
+        ] {
             let error = bad.parse::<FaultPlan>().expect_err(bad);
             assert!(error.to_string().contains(bad), "{error}");
         }
@@ -271,9 +300,13 @@ mod tests {
         assert_eq!(door.fires(1), None);
         assert_eq!(door.fires(1), Some(Fault::WriteFails));
         assert_eq!(door.fires(1), None, "once");
+        door.arm(FaultPlan { fault: Fault::SyncFails, journal: None, after_writes: 0 });
+        assert_eq!(door.fires(CHECKPOINT_JOURNAL), None, "any journal means the ledger's");
+        assert_eq!(door.fires(2), Some(Fault::SyncFails));
         door.arm(FaultPlan { fault: Fault::DiskFull, journal: None, after_writes: 0 });
         assert_eq!(door.fires(3), Some(Fault::DiskFull));
         assert_eq!(door.fires(0), Some(Fault::DiskFull), "every journal, from then on");
         assert_eq!(door.fires(CONTROL_JOURNAL), Some(Fault::DiskFull));
+        assert_eq!(door.fires(CHECKPOINT_JOURNAL), Some(Fault::DiskFull));
     }
 }

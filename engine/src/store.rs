@@ -6,12 +6,12 @@
 //!
 //! | column family | keys |
 //! |---|---|
-//! | `meta` | format version, shard count, business date |
+//! | `meta` | format version, shard count, business date, checkpoint and index watermarks |
 //! | `control` | cards, card accounts, merchants, terminals, blacklist |
-//! | `balances` | every account's committed balance, and the card-pool control total |
+//! | `balances` | every account's balance as of its journals' checkpoint watermarks |
 //! | `journal-N` | shard N's batches, terminal state, refund marks, offline records |
 //! | `journal-control` | the control plane's batches (deposits, fees, closures) |
-//! | `index` | card statements: (card account, time, transfer id) |
+//! | `index` | card statements: (card account, time, transfer id), to the index watermarks |
 //! | `audit` | the append-only audit log: sequence → record (see `audit.rs`) |
 //! | `admin` | operators of the admin API, owned by onecard-ops |
 //! | `workflow` | approval workflows' instances: `i` ++ id → JSON; `n` → the next id |
@@ -26,17 +26,21 @@ use rocksdb::{
 };
 
 use crate::cards::CardMoney;
-use crate::journal::CONTROL_JOURNAL;
+use crate::journal::{CHECKPOINT_JOURNAL, CONTROL_JOURNAL};
 use crate::limits::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES_MAX, SHARDS_MAX};
 use crate::storage::{FaultInjecting, FaultPlan, Rocks, Storage, StorageError};
 
 /// The store layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
-/// The previous layout, which this build upgrades in place when it opens one: version
-/// 4 adds the control journal's day-start keys (`0xF4` ++ date), which settlement and
-/// reconciliation read a day's control batches by.
-const FORMAT_VERSION_UPGRADABLE: u32 = 3;
+/// Earlier layouts, which this build upgrades in place when it opens one. Version 4
+/// adds the control journal's day-start keys (`0xF4` ++ date), which settlement and
+/// reconciliation read a day's control batches by. Version 5 takes balances and the
+/// statement index off the commit path: they are checkpointed with the journal
+/// position they reflect (`meta` keys [`checkpoint_key`] and [`indexed_key`]); a
+/// store of version 4 wrote them with every batch, so each journal's watermarks start
+/// at its last batch.
+const FORMAT_VERSIONS_UPGRADABLE: [u32; 2] = [3, 4];
 
 /// Column family of node-wide metadata.
 pub const CF_META: &str = "meta";
@@ -55,7 +59,8 @@ pub const CF_ADMIN: &str = "admin";
 /// Column family of approval workflows' instances (`workflow.rs`).
 pub const CF_WORKFLOW: &str = "workflow";
 
-const KEY_FORMAT_VERSION: &[u8] = b"format_version";
+/// Meta key of the store's layout version (u32 BE).
+pub const KEY_FORMAT_VERSION: &[u8] = b"format_version";
 const KEY_SHARDS: &[u8] = b"shards";
 /// Meta key of the open business date: no commit counts for an earlier one.
 pub const KEY_BUSINESS_DATE: &[u8] = b"business_date";
@@ -65,6 +70,31 @@ pub const KEY_CLOSED_THROUGH: &[u8] = b"closed_through";
 /// Key of the card-pool control total in `balances`: the sum of every card movement
 /// ever committed, kept beside the per-card balances so `verify` can compare them.
 pub const KEY_CARD_POOL: &[u8] = b"card_pool";
+
+/// Meta key of how far `balances` reflects `journal`: `checkpoint/` ++ journal (1)
+/// → the key of the last batch folded in (16), or [`before_first_batch`] for none.
+#[must_use]
+pub fn checkpoint_key(journal: u8) -> Vec<u8> {
+    let mut key = b"checkpoint/".to_vec();
+    key.push(journal);
+    key
+}
+
+/// Meta key of how far `index` holds `journal`'s card movements: `indexed/` ++
+/// journal (1) → the key of the last batch indexed (16).
+#[must_use]
+pub fn indexed_key(journal: u8) -> Vec<u8> {
+    let mut key = b"indexed/".to_vec();
+    key.push(journal);
+    key
+}
+
+/// A batch key that sorts before every batch of `journal`: the watermark of a journal
+/// nothing of which is reflected yet.
+#[must_use]
+pub fn before_first_batch(journal: u8) -> [u8; 16] {
+    crate::journal::batch_key(crate::journal::first_transfer_id(journal) - 1, 0)
+}
 
 /// A key of one prefix byte and a big-endian number: how the control column family and
 /// a shard journal's non-batch keys are built.
@@ -284,7 +314,7 @@ impl Store {
             shards,
             families: names,
             door: FaultInjecting::new(Rocks),
-            poisoned: (0..=shards).map(|_| AtomicBool::new(false)).collect(),
+            poisoned: (0..=shards + 1).map(|_| AtomicBool::new(false)).collect(),
         };
         let meta = store.cf(CF_META);
         match store.db.get_cf(meta, KEY_FORMAT_VERSION).map_err(rocks)? {
@@ -292,20 +322,65 @@ impl Store {
                 let mut batch = rocksdb::WriteBatch::default();
                 batch.put_cf(meta, KEY_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
                 batch.put_cf(meta, KEY_SHARDS, [shards]);
+                for journal in store.journals() {
+                    batch.put_cf(meta, checkpoint_key(journal), before_first_batch(journal));
+                    batch.put_cf(meta, indexed_key(journal), before_first_batch(journal));
+                }
                 store.db.write_opt(batch, &synced()).map_err(rocks)?;
             }
             Some(bytes) => {
                 let found = <[u8; 4]>::try_from(bytes.as_slice())
                     .map(u32::from_be_bytes)
                     .map_err(|_| corrupt("format version"))?;
-                if found == FORMAT_VERSION_UPGRADABLE {
+                if found == 3 {
                     store.upgrade_control_day_starts().map_err(rocks)?;
+                }
+                if FORMAT_VERSIONS_UPGRADABLE.contains(&found) {
+                    store.upgrade_watermarks().map_err(rocks)?;
                 } else if found != FORMAT_VERSION {
                     return Err(OpenError::FormatVersion { path: path.to_owned(), found });
                 }
             }
         }
         Ok(store)
+    }
+
+    /// Every journal of batches: the shards', then the control plane's.
+    pub fn journals(&self) -> impl Iterator<Item = u8> + use<> {
+        (0..self.shards).chain(std::iter::once(CONTROL_JOURNAL))
+    }
+
+    /// The key of `journal`'s last batch, if it has one.
+    ///
+    /// # Errors
+    /// A failed read.
+    pub fn last_batch_key(&self, journal: u8) -> Result<Option<[u8; 16]>, rocksdb::Error> {
+        let cf = self.cf(&journal_cf(journal));
+        let mut iter = self.db.raw_iterator_cf(cf);
+        let last_id = ((u64::from(journal) + 1) << 56).wrapping_sub(1);
+        iter.seek_for_prev(crate::journal::batch_key(last_id, u64::MAX));
+        iter.status()?;
+        Ok(iter
+            .key()
+            .filter(|key| key.len() == 16 && key[0] == journal)
+            .and_then(|key| <[u8; 16]>::try_from(key).ok()))
+    }
+
+    /// Version 4 to 5: a store that wrote balances and index keys with every batch
+    /// reflects each journal to its last batch; those become the watermarks, with the
+    /// new version, in one synced write.
+    fn upgrade_watermarks(&self) -> Result<(), rocksdb::Error> {
+        let meta = self.cf(CF_META);
+        let mut write = rocksdb::WriteBatch::default();
+        for journal in self.journals() {
+            let last = self.last_batch_key(journal)?.unwrap_or(before_first_batch(journal));
+            write.put_cf(meta, checkpoint_key(journal), last);
+            write.put_cf(meta, indexed_key(journal), last);
+        }
+        write.put_cf(meta, KEY_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+        self.db.write_opt(write, &synced())?;
+        tracing::info!(path = %self.path.display(), "store upgraded to format version {FORMAT_VERSION}");
+        Ok(())
     }
 
     /// Version 3 to 4: writes a day-start key for the first control batch of each
@@ -332,9 +407,9 @@ impl Store {
                 last_date = Some(date);
             }
         }
-        write.put_cf(self.cf(CF_META), KEY_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+        write.put_cf(self.cf(CF_META), KEY_FORMAT_VERSION, 4u32.to_be_bytes());
         self.db.write_opt(write, &synced())?;
-        tracing::info!(path = %self.path.display(), "store upgraded to format version {FORMAT_VERSION}");
+        tracing::info!(path = %self.path.display(), "store upgraded to format version 4");
         Ok(())
     }
 
@@ -352,7 +427,9 @@ impl Store {
             .map_err(|source| OpenError::Rocks { path: path.to_owned(), source })?
         {
             let version = <[u8; 4]>::try_from(found.as_slice()).map(u32::from_be_bytes).ok();
-            if version != Some(FORMAT_VERSION) && version != Some(FORMAT_VERSION_UPGRADABLE) {
+            let readable = version
+                .is_some_and(|v| v == FORMAT_VERSION || FORMAT_VERSIONS_UPGRADABLE.contains(&v));
+            if !readable {
                 return Err(OpenError::FormatVersion {
                     path: path.to_owned(),
                     found: version.unwrap_or(0),
@@ -440,12 +517,12 @@ impl Store {
     }
 
     fn poison_flag(&self, journal: u8) -> &AtomicBool {
-        let index = if journal == CONTROL_JOURNAL {
-            usize::from(self.shards)
-        } else {
-            usize::from(journal)
+        let index = match journal {
+            CONTROL_JOURNAL => usize::from(self.shards),
+            CHECKPOINT_JOURNAL => usize::from(self.shards) + 1,
+            shard => usize::from(shard).min(usize::from(self.shards)),
         };
-        &self.poisoned[index.min(usize::from(self.shards))]
+        &self.poisoned[index]
     }
 
     /// The number a counter key in `family` holds (8 bytes, big-endian): the next id
@@ -474,7 +551,11 @@ impl Store {
 /// A journal as logs and metrics name it: its shard number, or `control`.
 #[must_use]
 pub fn journal_label(journal: u8) -> String {
-    if journal == CONTROL_JOURNAL { "control".to_owned() } else { journal.to_string() }
+    match journal {
+        CONTROL_JOURNAL => "control".to_owned(),
+        CHECKPOINT_JOURNAL => "checkpoint".to_owned(),
+        shard => shard.to_string(),
+    }
 }
 
 /// Write options that sync the WAL before returning.

@@ -56,6 +56,17 @@ pub struct Settings {
     #[arg(long, env = "ONECARD_MEAL_HOURS")]
     pub meal_hours: Option<String>,
 
+    /// Milliseconds between checkpoints of changed balances. A restart after a crash
+    /// replays at most this much journal; each checkpoint writes one merge per
+    /// account changed since the last. [default: 1000]
+    #[arg(long, env = "ONECARD_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+
+    /// Milliseconds between writes of the card statement index; a statement reads at
+    /// most this much journal beside it. [default: 200]
+    #[arg(long, env = "ONECARD_INDEX_INTERVAL_MS")]
+    pub index_interval_ms: Option<u64>,
+
     /// Settle each date and write its files as soon as the day turns.
     /// [default: true]
     #[arg(long, env = "ONECARD_AUTO_SETTLE", num_args = 0..=1, default_missing_value = "true")]
@@ -190,6 +201,8 @@ impl Settings {
             utc_offset_minutes,
             cutover,
             meal_hours,
+            checkpoint_interval_ms,
+            index_interval_ms,
             auto_settle,
             channel_adapters_dir,
             term_ends,
@@ -417,6 +430,14 @@ impl Config {
                 clock: Clock::System,
                 meal_hours,
                 master_key,
+                checkpoint_interval_ms: settings
+                    .checkpoint_interval_ms
+                    .unwrap_or(defaults.checkpoint_interval_ms)
+                    .clamp(1, 3_600_000),
+                index_interval_ms: settings
+                    .index_interval_ms
+                    .unwrap_or(defaults.index_interval_ms)
+                    .clamp(1, 3_600_000),
             },
             master_key_source,
             front_door,

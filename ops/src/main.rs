@@ -516,6 +516,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let plan = plan.to_string_lossy().parse().context("ONECARD_STORAGE_FAULT")?;
         ledger.inject_fault(plan);
     }
+    // A test hook: abort inside the checkpointer (engine/src/checkpoint.rs).
+    if let Some(plan) = std::env::var_os("ONECARD_CHECKPOINT_CRASH") {
+        let plan = plan.to_string_lossy().parse().context("ONECARD_CHECKPOINT_CRASH")?;
+        ledger.arm_checkpoint_crash(plan);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("onecard-io")

@@ -5,6 +5,7 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 mod chain;
+mod checkpoint;
 mod concurrency;
 mod corruption;
 mod faults;
