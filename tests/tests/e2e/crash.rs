@@ -10,6 +10,12 @@
 //! terminal, undecided: it is sent again, under its own sequence, to the next server,
 //! exactly as a purchase whose answer a kill cut off.
 //!
+//! About a third of the other restarts arm a crash inside the checkpointer
+//! (`ONECARD_CHECKPOINT_CRASH`: the process aborts just before a balance checkpoint,
+//! just after one, or just after an index run), with checkpoints every 20 ms, so the
+//! next start replays the journal after a checkpoint that the index is ahead of or
+//! behind.
+//!
 //! `ONECARD_CRASH_KILLS` sets the number of kills (20 by default; the long run in
 //! docs/RELIABILITY.md used hundreds) and `ONECARD_CRASH_SEED` replays a run.
 
@@ -179,6 +185,7 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
     let mut server = Some(server);
     let mut restart_ms_max = 0u128;
     let mut faults_armed = 0u64;
+    let mut checkpoint_crashes = 0u64;
     let started = Instant::now();
 
     for round in 0..=kills {
@@ -220,8 +227,24 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
         } else {
             None
         };
-        let env: Vec<(&str, &str)> =
+        let mut env: Vec<(&str, &str)> =
             fault.iter().map(|plan| ("ONECARD_STORAGE_FAULT", plan.as_str())).collect();
+        // A third of the other restarts crash inside the checkpointer instead of
+        // being killed from outside: checkpoints every 20 ms, and an abort just
+        // before or after one of its writes.
+        let crash = if fault.is_none() && rng.below(3) == 0 {
+            let point = ["before_balances", "after_balances", "after_index_run"]
+                [usize::try_from(rng.below(3)).expect("fits")];
+            checkpoint_crashes += 1;
+            Some(format!("{point}+{}", rng.below(20)))
+        } else {
+            None
+        };
+        if let Some(plan) = &crash {
+            env.push(("ONECARD_CHECKPOINT_CRASH", plan.as_str()));
+            env.push(("ONECARD_CHECKPOINT_INTERVAL_MS", "20"));
+            env.push(("ONECARD_INDEX_INTERVAL_MS", "10"));
+        }
         server = Some(Server::start_with_env(dir.path(), &[], &env));
         restart_ms_max = restart_ms_max.max(restarting.elapsed().as_millis());
     }
@@ -268,7 +291,8 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
          approved; of those left open by a kill or a storage fault, {committed_unanswered} had committed and \
          {lost_in_flight} had not, each settled by its retry; {retries} retries given \
          their original answer; {faults_armed} restarts with a storage fault armed, \
-         {unavailable} purchases answered ServiceUnavailable and sent again; slowest \
+         {unavailable} purchases answered ServiceUnavailable and sent again; \
+         {checkpoint_crashes} restarts armed to crash inside the checkpointer; slowest \
          restart {restart_ms_max} ms",
         started.elapsed().as_secs_f64()
     );
