@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use onecard_protocol::CardState;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -365,11 +366,62 @@ pub struct CardEntry {
     pub replaced_at_ms: u64,
 }
 
+/// Stripes of a [`Striped`] map: enough that two shards looking up cards rarely read
+/// the same lock.
+const STRIPE_BITS: u32 = 6;
+
+/// A map from u64 keys split over `2^STRIPE_BITS` read-write locks, each on its own
+/// cache line. Every purchase looks its card up here; with one lock, every lookup on
+/// every shard wrote the same cache line (the lock's reader count), and a shared
+/// campus's lunch peak spent 9% of its time on it (BENCHMARKS.md). Keys are card and
+/// account numbers, which only the card centre adds, so an unkeyed fast hash is safe:
+/// a terminal can look up any number, but cannot make the table's chains longer.
+#[derive(Debug)]
+struct Striped<V> {
+    stripes: Box<[crossbeam::utils::CachePadded<Stripe<V>>]>,
+}
+
+/// One lock of a [`Striped`] map and the keys that hash to it.
+type Stripe<V> = RwLock<HashMap<u64, V, FxBuildHasher>>;
+
+impl<V> Default for Striped<V> {
+    fn default() -> Self {
+        Self { stripes: (0..1 << STRIPE_BITS).map(|_| Default::default()).collect() }
+    }
+}
+
+impl<V: Clone> Striped<V> {
+    fn stripe(&self, key: u64) -> &Stripe<V> {
+        let index = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (u64::BITS - STRIPE_BITS);
+        &self.stripes[usize::try_from(index).unwrap_or(0)]
+    }
+
+    fn get(&self, key: u64) -> Option<V> {
+        self.stripe(key).read().unwrap_or_else(PoisonError::into_inner).get(&key).cloned()
+    }
+
+    fn insert(&self, key: u64, value: V) {
+        self.stripe(key).write().unwrap_or_else(PoisonError::into_inner).insert(key, value);
+    }
+
+    fn values(&self) -> Vec<V> {
+        let mut values = Vec::new();
+        for stripe in &self.stripes {
+            values.extend(stripe.read().unwrap_or_else(PoisonError::into_inner).values().cloned());
+        }
+        values
+    }
+
+    fn len(&self) -> usize {
+        self.stripes.iter().map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len()).sum()
+    }
+}
+
 /// Every card number and account, in memory.
 #[derive(Debug, Default)]
 pub struct CardTable {
-    by_card: RwLock<HashMap<u64, CardEntry>>,
-    by_account: RwLock<HashMap<u64, Arc<CardAccount>>>,
+    by_card: Striped<CardEntry>,
+    by_account: Striped<Arc<CardAccount>>,
     /// Whether any account is in doubt: the shards' one load on the common path.
     any_in_doubt: AtomicBool,
     /// How many accounts are in doubt.
@@ -409,34 +461,31 @@ impl CardTable {
     /// The entry for a card number.
     #[must_use]
     pub fn card(&self, card_number: u64) -> Option<CardEntry> {
-        self.by_card.read().unwrap_or_else(PoisonError::into_inner).get(&card_number).cloned()
+        self.by_card.get(card_number)
     }
 
     /// The account numbered `account_number`.
     #[must_use]
     pub fn account(&self, account_number: u64) -> Option<Arc<CardAccount>> {
-        self.by_account.read().unwrap_or_else(PoisonError::into_inner).get(&account_number).cloned()
+        self.by_account.get(account_number)
     }
 
     /// Adds or replaces a card number's entry.
     pub fn insert_card(&self, card_number: u64, entry: CardEntry) {
-        self.by_account
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(entry.account.number, Arc::clone(&entry.account));
-        self.by_card.write().unwrap_or_else(PoisonError::into_inner).insert(card_number, entry);
+        self.by_account.insert(entry.account.number, Arc::clone(&entry.account));
+        self.by_card.insert(card_number, entry);
     }
 
     /// Every account, for verification and restart.
     #[must_use]
     pub fn accounts(&self) -> Vec<Arc<CardAccount>> {
-        self.by_account.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+        self.by_account.values()
     }
 
     /// Number of card accounts.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.by_account.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.by_account.len()
     }
 
     /// Whether there are no card accounts.
