@@ -22,11 +22,11 @@
 //!
 //! # Layout
 //! - this file — the queue and the batch loop: decide, commit, apply, answer.
-//! - [`rules`] — the card rules under the account's lock: state, limits, PIN, purses.
+//! - `rules` — the card rules under the account's lock: state, limits, PIN, purses.
 //! - `purchase`, `top_up` (and inquiries), `refund` (and reversals), `offline` — one
 //!   module per message kind's decision.
-//! - [`window`] — the retry window and its rebuilding at open.
-//! - [`marks`] — what a batch writes beside its record for a retry or a refund.
+//! - `window` — the retry window and its rebuilding at open.
+//! - `marks` — what a batch writes beside its record for a retry or a refund.
 
 mod marks;
 mod offline;
