@@ -69,6 +69,12 @@ pub const INDEX_RUN_KEYS_MAX: usize = 1 << 18;
 /// `kill -9` replays at most this much journal (BENCHMARKS.md gives the cost).
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 1_000;
 
+/// Balance checkpoints between flushes of the derived families to disk. Checkpoints
+/// and index runs skip the write-ahead log (so they never add to a shard's sync); what
+/// they wrote is on disk once flushed, so a restart after `kill -9` replays at most
+/// this many checkpoint intervals of journal.
+pub const CHECKPOINTS_PER_PERSIST: u32 = 10;
+
 /// How often the statement index is written by default, ms: a statement reads at
 /// most this much journal beside the index.
 pub const INDEX_INTERVAL_MS_DEFAULT: u64 = 200;

@@ -39,9 +39,33 @@ pub enum StorageError {
     Poisoned,
 }
 
+/// How durable a write is when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// In the write-ahead log, and the log synced: on disk.
+    Synced,
+    /// In the write-ahead log, not yet synced: on disk after the next synced write.
+    Logged,
+    /// Not in the write-ahead log at all: on disk only once its column family's
+    /// memtable is flushed. For what is derived from the journals (the checkpointer's
+    /// balances and index, each with its watermark in the same family, so a crash
+    /// leaves a family at some earlier checkpoint, never between two).
+    Unlogged,
+}
+
+impl Durability {
+    /// The same write with its sync lost.
+    const fn without_sync(self) -> Self {
+        match self {
+            Self::Synced | Self::Logged => Self::Logged,
+            Self::Unlogged => Self::Unlogged,
+        }
+    }
+}
+
 /// Where batches are made durable.
 pub trait Storage: Send + Sync + fmt::Debug {
-    /// Writes `batch` for `journal`, synced to disk when `sync` is set.
+    /// Writes `batch` for `journal`, as durable as `durability` says.
     ///
     /// # Errors
     /// [`StorageError`] if the batch may not be durable.
@@ -50,7 +74,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
         db: &DB,
         journal: u8,
         batch: WriteBatch,
-        sync: bool,
+        durability: Durability,
     ) -> Result<(), StorageError>;
 }
 
@@ -64,10 +88,11 @@ impl Storage for Rocks {
         db: &DB,
         _journal: u8,
         batch: WriteBatch,
-        sync: bool,
+        durability: Durability,
     ) -> Result<(), StorageError> {
         let mut options = WriteOptions::default();
-        options.set_sync(sync);
+        options.set_sync(durability == Durability::Synced);
+        options.disable_wal(durability == Durability::Unlogged);
         db.write_opt(batch, &options)?;
         Ok(())
     }
@@ -230,15 +255,15 @@ impl<S: Storage> Storage for FaultInjecting<S> {
         db: &DB,
         journal: u8,
         batch: WriteBatch,
-        sync: bool,
+        durability: Durability,
     ) -> Result<(), StorageError> {
         match self.fires(journal) {
-            None => self.inner.write(db, journal, batch, sync),
+            None => self.inner.write(db, journal, batch, durability),
             Some(fault) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);
                 if fault == Fault::SyncFails {
                     // The bytes reach the write-ahead log; only the sync is lost.
-                    self.inner.write(db, journal, batch, false)?;
+                    self.inner.write(db, journal, batch, durability.without_sync())?;
                 }
                 Err(StorageError::Injected(fault))
             }

@@ -6,12 +6,12 @@
 //!
 //! | column family | keys |
 //! |---|---|
-//! | `meta` | format version, shard count, business date, checkpoint and index watermarks |
+//! | `meta` | format version, shard count, business date |
 //! | `control` | cards, card accounts, merchants, terminals, blacklist |
-//! | `balances` | every account's balance as of its journals' checkpoint watermarks |
+//! | `balances` | every account's balance as of each journal's watermark, kept beside them |
 //! | `journal-N` | shard N's batches, terminal state, refund marks, offline records |
 //! | `journal-control` | the control plane's batches (deposits, fees, closures) |
-//! | `index` | card statements: (card account, time, transfer id), to the index watermarks |
+//! | `index` | card statements: (card account, time, transfer id), to each journal's watermark |
 //! | `audit` | the append-only audit log: sequence → record (see `audit.rs`) |
 //! | `admin` | operators of the admin API, owned by onecard-ops |
 //! | `workflow` | approval workflows' instances: `i` ++ id → JSON; `n` → the next id |
@@ -28,7 +28,7 @@ use rocksdb::{
 use crate::cards::CardMoney;
 use crate::journal::{CHECKPOINT_JOURNAL, CONTROL_JOURNAL};
 use crate::limits::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES_MAX, SHARDS_MAX};
-use crate::storage::{FaultInjecting, FaultPlan, Rocks, Storage, StorageError};
+use crate::storage::{Durability, FaultInjecting, FaultPlan, Rocks, Storage, StorageError};
 
 /// The store layout this build reads and writes.
 pub const FORMAT_VERSION: u32 = 5;
@@ -37,7 +37,7 @@ pub const FORMAT_VERSION: u32 = 5;
 /// adds the control journal's day-start keys (`0xF4` ++ date), which settlement and
 /// reconciliation read a day's control batches by. Version 5 takes balances and the
 /// statement index off the commit path: they are checkpointed with the journal
-/// position they reflect (`meta` keys [`checkpoint_key`] and [`indexed_key`]); a
+/// position they reflect ([`watermark_key`] in each of the two families); a
 /// store of version 4 wrote them with every batch, so each journal's watermarks start
 /// at its last batch.
 const FORMAT_VERSIONS_UPGRADABLE: [u32; 2] = [3, 4];
@@ -71,22 +71,18 @@ pub const KEY_CLOSED_THROUGH: &[u8] = b"closed_through";
 /// ever committed, kept beside the per-card balances so `verify` can compare them.
 pub const KEY_CARD_POOL: &[u8] = b"card_pool";
 
-/// Meta key of how far `balances` reflects `journal`: `checkpoint/` ++ journal (1)
-/// → the key of the last batch folded in (16), or [`before_first_batch`] for none.
-#[must_use]
-pub fn checkpoint_key(journal: u8) -> Vec<u8> {
-    let mut key = b"checkpoint/".to_vec();
-    key.push(journal);
-    key
-}
+/// The first byte of a watermark key, after every account id and index key.
+pub const WATERMARK_PREFIX: u8 = 0xFF;
 
-/// Meta key of how far `index` holds `journal`'s card movements: `indexed/` ++
-/// journal (1) → the key of the last batch indexed (16).
+/// The key of `journal`'s watermark in a derived family: `0xFF` `w` ++ journal (1) →
+/// the key of the journal's last batch the family reflects (16), or
+/// [`before_first_batch`] for none. In `balances` it says how far the balances go, in
+/// `index` how far the statement index does; each is written with what it covers, in
+/// its own family, so that however a crash finds the family's memtable, it and its
+/// watermark agree.
 #[must_use]
-pub fn indexed_key(journal: u8) -> Vec<u8> {
-    let mut key = b"indexed/".to_vec();
-    key.push(journal);
-    key
+pub const fn watermark_key(journal: u8) -> [u8; 3] {
+    [WATERMARK_PREFIX, b'w', journal]
 }
 
 /// A batch key that sorts before every batch of `journal`: the watermark of a journal
@@ -319,13 +315,11 @@ impl Store {
         let meta = store.cf(CF_META);
         match store.db.get_cf(meta, KEY_FORMAT_VERSION).map_err(rocks)? {
             None => {
+                let empty = store.journals().map(|journal| (journal, before_first_batch(journal)));
+                store.put_watermarks(empty.collect()).map_err(rocks)?;
                 let mut batch = rocksdb::WriteBatch::default();
                 batch.put_cf(meta, KEY_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
                 batch.put_cf(meta, KEY_SHARDS, [shards]);
-                for journal in store.journals() {
-                    batch.put_cf(meta, checkpoint_key(journal), before_first_batch(journal));
-                    batch.put_cf(meta, indexed_key(journal), before_first_batch(journal));
-                }
                 store.db.write_opt(batch, &synced()).map_err(rocks)?;
             }
             Some(bytes) => {
@@ -366,18 +360,36 @@ impl Store {
             .and_then(|key| <[u8; 16]>::try_from(key).ok()))
     }
 
-    /// Version 4 to 5: a store that wrote balances and index keys with every batch
-    /// reflects each journal to its last batch; those become the watermarks, with the
-    /// new version, in one synced write.
-    fn upgrade_watermarks(&self) -> Result<(), rocksdb::Error> {
-        let meta = self.cf(CF_META);
+    /// Writes the watermarks of both derived families, unlogged like every write to
+    /// them, and flushes the two families so that they are on disk.
+    fn put_watermarks(&self, marks: Vec<(u8, [u8; 16])>) -> Result<(), rocksdb::Error> {
+        let (balances, index) = (self.cf(CF_BALANCES), self.cf(CF_INDEX));
         let mut write = rocksdb::WriteBatch::default();
-        for journal in self.journals() {
-            let last = self.last_batch_key(journal)?.unwrap_or(before_first_batch(journal));
-            write.put_cf(meta, checkpoint_key(journal), last);
-            write.put_cf(meta, indexed_key(journal), last);
+        for (journal, last) in marks {
+            write.put_cf(balances, watermark_key(journal), last);
+            write.put_cf(index, watermark_key(journal), last);
         }
-        write.put_cf(meta, KEY_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+        let mut unlogged = rocksdb::WriteOptions::default();
+        unlogged.disable_wal(true);
+        self.db.write_opt(write, &unlogged)?;
+        self.db.flush_cf(balances)?;
+        self.db.flush_cf(index)
+    }
+
+    /// Version 4 to 5: a store that wrote balances and index keys with every batch
+    /// reflects each journal to its last batch; those become the watermarks (flushed
+    /// to disk), then the new version is written, synced.
+    fn upgrade_watermarks(&self) -> Result<(), rocksdb::Error> {
+        let mut marks = Vec::new();
+        for journal in self.journals() {
+            marks.push((
+                journal,
+                self.last_batch_key(journal)?.unwrap_or(before_first_batch(journal)),
+            ));
+        }
+        self.put_watermarks(marks)?;
+        let mut write = rocksdb::WriteBatch::default();
+        write.put_cf(self.cf(CF_META), KEY_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
         self.db.write_opt(write, &synced())?;
         tracing::info!(path = %self.path.display(), "store upgraded to format version {FORMAT_VERSION}");
         Ok(())
@@ -477,11 +489,30 @@ impl Store {
     /// # Errors
     /// [`StorageError`] if the batch may not be durable.
     pub fn write(&self, journal: u8, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        let durability = if sync { Durability::Synced } else { Durability::Logged };
+        self.write_as(journal, batch, durability)
+    }
+
+    /// Writes `batch` for `journal` without the write-ahead log: what the checkpointer
+    /// derives, in families no logged write touches once the store is open.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    pub fn write_unlogged(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError> {
+        self.write_as(journal, batch, Durability::Unlogged)
+    }
+
+    fn write_as(
+        &self,
+        journal: u8,
+        batch: WriteBatch,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         let poisoned = self.poison_flag(journal);
         if poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned);
         }
-        let written = self.door.write(&self.db, journal, batch, sync);
+        let written = self.door.write(&self.db, journal, batch, durability);
         if let Err(error) = &written {
             poisoned.store(true, Ordering::Release);
             let journal = journal_label(journal);

@@ -34,8 +34,8 @@ use crate::chain::{Chain, ChainKey, Seal};
 use crate::journal::{Batch, CONTROL_JOURNAL, batch_key, first_transfer_id};
 use crate::shard::TerminalState;
 use crate::store::{
-    CF_AUDIT, CF_BALANCES, CF_META, KEY_CARD_POOL, Store, before_first_batch, checkpoint_key,
-    is_card_balance_key, journal_cf, shard_key,
+    CF_AUDIT, CF_BALANCES, KEY_CARD_POOL, Store, WATERMARK_PREFIX, before_first_batch,
+    is_card_balance_key, journal_cf, shard_key, watermark_key,
 };
 
 /// What `verify` found.
@@ -263,7 +263,7 @@ pub fn verify(
         let cf = store.cf(&journal_cf(journal));
         let watermark = store
             .db()
-            .get_cf(store.cf(CF_META), checkpoint_key(journal))?
+            .get_cf(store.cf(CF_BALANCES), watermark_key(journal))?
             .and_then(|bytes| <[u8; 16]>::try_from(bytes.as_slice()).ok());
         if watermark.is_none() {
             report.problems.push(format!("journal {journal}: no checkpoint watermark"));
@@ -458,6 +458,9 @@ fn check_balances(
     };
     for item in store.db().iterator_cf(balances, IteratorMode::Start) {
         let (key, value) = item?;
+        if key.first() == Some(&WATERMARK_PREFIX) {
+            continue;
+        }
         if key.as_ref() == KEY_CARD_POOL {
             card_pool_stored = <[u8; 8]>::try_from(value.as_ref()).ok().map(i64::from_le_bytes);
             continue;

@@ -12,9 +12,9 @@
 //!
 //! About a third of the other restarts arm a crash inside the checkpointer
 //! (`ONECARD_CHECKPOINT_CRASH`: the process aborts just before a balance checkpoint,
-//! just after one, or just after an index run), with checkpoints every 20 ms, so the
-//! next start replays the journal after a checkpoint that the index is ahead of or
-//! behind.
+//! just after one, just after an index run, or just after the two were flushed to
+//! disk), with checkpoints every 20 ms, so the next start replays the journal after a
+//! checkpoint that the index is ahead of or behind.
 //!
 //! `ONECARD_CRASH_KILLS` sets the number of kills (20 by default; the long run in
 //! docs/RELIABILITY.md used hundreds) and `ONECARD_CRASH_SEED` replays a run.
@@ -233,8 +233,8 @@ async fn kill_9_under_load_loses_no_acknowledged_purchase_and_adds_none() {
         // being killed from outside: checkpoints every 20 ms, and an abort just
         // before or after one of its writes.
         let crash = if fault.is_none() && rng.below(3) == 0 {
-            let point = ["before_balances", "after_balances", "after_index_run"]
-                [usize::try_from(rng.below(3)).expect("fits")];
+            let point = ["before_balances", "after_balances", "after_index_run", "after_persist"]
+                [usize::try_from(rng.below(4)).expect("fits")];
             checkpoint_crashes += 1;
             Some(format!("{point}+{}", rng.below(20)))
         } else {
