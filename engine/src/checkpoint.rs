@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, WriteBatch};
 
 use crate::account::{AccountId, AccountKind};
 use crate::cards::CardMoney;
@@ -459,6 +459,18 @@ pub(crate) fn start(
     })
 }
 
+/// The watermarks folded since the last write of their kind, taken out.
+fn take_marks(marks: &mut [Option<(u8, [u8; 16])>]) -> Vec<(u8, [u8; 16])> {
+    marks.iter_mut().filter_map(Option::take).collect()
+}
+
+/// Puts each journal's watermark into `write`, in the family it describes.
+fn put_watermarks(write: &mut WriteBatch, family: &ColumnFamily, marks: &[(u8, [u8; 16])]) {
+    for (journal, key) in marks {
+        write.put_cf(family, watermark_key(*journal), key);
+    }
+}
+
 /// Index watermarks as recovery left them.
 pub(crate) fn index_watermarks(shards: u8, recovered: &Recovered) -> IndexWatermarks {
     IndexWatermarks::new(shards, recovered.indexed.clone())
@@ -535,8 +547,7 @@ impl Checkpointer {
     /// Writes the index run gathered so far with its watermarks; whether it landed.
     fn write_run(&mut self) -> bool {
         self.run_due = None;
-        let marks: Vec<(u8, [u8; 16])> =
-            self.run_marks.iter_mut().filter_map(Option::take).collect();
+        let marks = take_marks(&mut self.run_marks);
         if marks.is_empty() {
             return true;
         }
@@ -547,9 +558,7 @@ impl Checkpointer {
         for key in &run {
             write.put_cf(index, key, []);
         }
-        for (journal, key) in &marks {
-            write.put_cf(index, watermark_key(*journal), key);
-        }
+        put_watermarks(&mut write, index, &marks);
         let landed = self.write(write, "index run");
         if landed {
             for (journal, key) in marks {
@@ -564,18 +573,14 @@ impl Checkpointer {
     /// landed.
     fn write_balances(&mut self) -> bool {
         self.balances_due = None;
-        let marks: Vec<(u8, [u8; 16])> =
-            self.balance_marks.iter_mut().filter_map(Option::take).collect();
+        let marks = take_marks(&mut self.balance_marks);
         if marks.is_empty() {
             return true;
         }
         let balances = std::mem::take(&mut self.balances);
         let mut write = WriteBatch::default();
         balances.write_balances(self.store.cf(CF_BALANCES), &mut write);
-        let family = self.store.cf(CF_BALANCES);
-        for (journal, key) in &marks {
-            write.put_cf(family, watermark_key(*journal), key);
-        }
+        put_watermarks(&mut write, self.store.cf(CF_BALANCES), &marks);
         self.crash_point(CrashPoint::BeforeBalances);
         let landed = self.write(write, "balance checkpoint");
         self.crash_point(CrashPoint::AfterBalances);

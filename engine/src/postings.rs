@@ -114,12 +114,6 @@ impl Postings {
         self.index.extend(other.index);
     }
 
-    /// Whether there is nothing to write.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.cards.is_empty() && self.accounts.is_empty() && self.index.is_empty()
-    }
-
     /// Asserts the invariant of every fold of whole batches: the movements sum to
     /// zero, and the card pool moves by exactly the card postings.
     ///

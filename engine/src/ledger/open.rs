@@ -268,16 +268,10 @@ pub(super) fn chain_starts(store: &Store) -> Result<ChainStarts, LedgerError> {
 
 /// The last batch a journal committed.
 pub(super) fn last_batch(store: &Store, journal: u8) -> Result<Option<Batch>, LedgerError> {
-    let cf = store.cf(&journal_cf(journal));
-    let mut iter = store.db().raw_iterator_cf(cf);
-    iter.seek_for_prev(batch_key(((u64::from(journal) + 1) << 56).wrapping_sub(1), u64::MAX));
-    iter.status()?;
-    match (iter.key(), iter.value()) {
-        (Some(key), Some(value)) if key.len() == 16 && key[0] == journal => {
-            Batch::decode(value).map(Some).map_err(|e| corrupt("journal batch", e))
-        }
-        _ => Ok(None),
-    }
+    let Some(key) = store.last_batch_key(journal)? else { return Ok(None) };
+    let value = store.db().get_pinned_cf(store.cf(&journal_cf(journal)), key)?;
+    let value = value.ok_or_else(|| corrupt("journal batch", "the last batch vanished"))?;
+    Batch::decode(&value).map(Some).map_err(|e| corrupt("journal batch", e))
 }
 
 /// Reads back a shard: its next ids, and every terminal's retry window.
