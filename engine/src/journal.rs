@@ -19,6 +19,10 @@ use onecard_protocol::{AnswerCode, MealPeriod, MessageType};
 use crate::account::AccountId;
 use crate::chain::{ChainKey, SEAL_BYTES, Seal};
 use crate::date::BusinessDate;
+pub use crate::storage::{CHECKPOINT_JOURNAL, CONTROL_JOURNAL};
+pub use crate::store::{
+    TRANSFER_SEQUENCE_BITS, batch_key, first_transfer_id, journal_of, seek_key,
+};
 
 /// Record format written by this build.
 pub const RECORD_VERSION: u8 = 2;
@@ -28,31 +32,6 @@ const MAGIC: u8 = b'J';
 const HEADER_BYTES: usize = 48;
 const TRANSFER_BYTES: usize = 70;
 const ENTRY_BYTES: usize = 68;
-
-/// Bits of a transfer id below the shard byte.
-pub const TRANSFER_SEQUENCE_BITS: u32 = 56;
-
-/// The journal number of the control plane (card lifecycle, fees, deposits), which
-/// has its own journal beside the shards'.
-pub const CONTROL_JOURNAL: u8 = u8::MAX;
-
-/// The number the checkpointer's writes go through the storage door under
-/// (`checkpoint.rs`). It is no journal of batches: what it writes (balances and the
-/// statement index, with the journal positions they reflect) is derived from the
-/// journals, so losing it loses nothing, but it has its own poison flag and faults.
-pub const CHECKPOINT_JOURNAL: u8 = 253;
-
-/// The shard (or [`CONTROL_JOURNAL`]) that wrote transfer `id`.
-#[must_use]
-pub fn journal_of(transfer_id: u64) -> u8 {
-    u8::try_from(transfer_id >> TRANSFER_SEQUENCE_BITS).unwrap_or(u8::MAX)
-}
-
-/// The first transfer id journal `journal` hands out.
-#[must_use]
-pub const fn first_transfer_id(journal: u8) -> u64 {
-    ((journal as u64) << TRANSFER_SEQUENCE_BITS) | 1
-}
 
 /// What a transfer is, by fixed code (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -596,23 +575,6 @@ pub fn read_transfer(
         None
     };
     Ok(Some((transfer, next)))
-}
-
-/// The batch's key in its journal column family: first transfer id, then batch number,
-/// both big-endian, so batches sort in commit order and `seek_for_prev(id ++ FF..)`
-/// lands on the batch holding transfer `id`.
-#[must_use]
-pub fn batch_key(first_transfer_id: u64, number: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&first_transfer_id.to_be_bytes());
-    key[8..].copy_from_slice(&number.to_be_bytes());
-    key
-}
-
-/// The key to `seek_for_prev` to for transfer `id`.
-#[must_use]
-pub fn seek_key(transfer_id: u64) -> [u8; 16] {
-    batch_key(transfer_id, u64::MAX)
 }
 
 struct Cursor<'a> {

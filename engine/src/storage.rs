@@ -23,7 +23,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
-use crate::journal::{CHECKPOINT_JOURNAL, CONTROL_JOURNAL};
+/// The journal number of the control plane (card lifecycle, fees, deposits), which
+/// has its own journal beside the shards'.
+pub const CONTROL_JOURNAL: u8 = u8::MAX;
+
+/// The number the checkpointer's writes go through the storage door under
+/// (`checkpoint.rs`). It is no journal of batches: what it writes (balances and the
+/// statement index, with the journal positions they reflect) is derived from the
+/// journals, so losing it loses nothing, but it has its own poison flag and faults.
+pub const CHECKPOINT_JOURNAL: u8 = 253;
 
 /// Why a write did not become durable.
 #[derive(Debug, thiserror::Error)]

@@ -26,9 +26,43 @@ use rocksdb::{
 };
 
 use crate::cards::CardMoney;
-use crate::journal::{CHECKPOINT_JOURNAL, CONTROL_JOURNAL};
 use crate::limits::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES_MAX, SHARDS_MAX};
-use crate::storage::{Durability, FaultInjecting, FaultPlan, Rocks, Storage, StorageError};
+use crate::storage::{
+    CHECKPOINT_JOURNAL, CONTROL_JOURNAL, Durability, FaultInjecting, FaultPlan, Rocks, Storage,
+    StorageError,
+};
+
+/// Bits of a transfer id below the shard byte.
+pub const TRANSFER_SEQUENCE_BITS: u32 = 56;
+
+/// The shard (or [`CONTROL_JOURNAL`]) that wrote transfer `id`.
+#[must_use]
+pub fn journal_of(transfer_id: u64) -> u8 {
+    u8::try_from(transfer_id >> TRANSFER_SEQUENCE_BITS).unwrap_or(u8::MAX)
+}
+
+/// The first transfer id journal `journal` hands out.
+#[must_use]
+pub const fn first_transfer_id(journal: u8) -> u64 {
+    ((journal as u64) << TRANSFER_SEQUENCE_BITS) | 1
+}
+
+/// The batch's key in its journal column family: first transfer id, then batch number,
+/// both big-endian, so batches sort in commit order and `seek_for_prev(id ++ FF..)`
+/// lands on the batch holding transfer `id`.
+#[must_use]
+pub fn batch_key(first_transfer_id: u64, number: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&first_transfer_id.to_be_bytes());
+    key[8..].copy_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// The key to `seek_for_prev` to for transfer `id`.
+#[must_use]
+pub fn seek_key(transfer_id: u64) -> [u8; 16] {
+    batch_key(transfer_id, u64::MAX)
+}
 
 /// The store layout this build reads and writes.
 pub const FORMAT_VERSION: u32 = 5;
@@ -89,7 +123,7 @@ pub const fn watermark_key(journal: u8) -> [u8; 3] {
 /// nothing of which is reflected yet.
 #[must_use]
 pub fn before_first_batch(journal: u8) -> [u8; 16] {
-    crate::journal::batch_key(crate::journal::first_transfer_id(journal) - 1, 0)
+    batch_key(first_transfer_id(journal) - 1, 0)
 }
 
 /// A key of one prefix byte and a big-endian number: how the control column family and
@@ -352,7 +386,7 @@ impl Store {
         let cf = self.cf(&journal_cf(journal));
         let mut iter = self.db.raw_iterator_cf(cf);
         let last_id = ((u64::from(journal) + 1) << 56).wrapping_sub(1);
-        iter.seek_for_prev(crate::journal::batch_key(last_id, u64::MAX));
+        iter.seek_for_prev(batch_key(last_id, u64::MAX));
         iter.status()?;
         Ok(iter
             .key()
