@@ -25,9 +25,7 @@ use crate::journal::CONTROL_JOURNAL;
 use crate::storage::StorageError;
 use crate::store::{CF_AUDIT, Store};
 
-/// The audit log's id in the chain's seals: one no journal has (shards are 0–63, the
-/// control journal 255).
-pub const AUDIT_CHAIN: u8 = 254;
+pub use crate::chain::AUDIT_CHAIN;
 
 /// Records one audit page returns at most.
 pub const AUDIT_PAGE_MAX: usize = 500;

@@ -27,15 +27,19 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
-use crate::journal::CONTROL_JOURNAL;
-use crate::ledger::LedgerError;
-use crate::sealing::MasterKey;
+use crate::sealing::{MasterKey, SealError};
+use crate::storage::{CONTROL_JOURNAL, StorageError};
 use crate::store::{CF_META, Store};
 
 /// The `meta` key of the journal chain key, sealed with the master key, and where the
 /// chains begin (JSON).
 pub const KEY_CHAIN_KEY: &[u8] = b"chain_key";
+
+/// The audit log's id in the chain's seals: one no journal has (shards are 0–63, the
+/// control journal 255).
+pub const AUDIT_CHAIN: u8 = 254;
 
 /// Bytes of a seal.
 pub const SEAL_BYTES: usize = 32;
@@ -122,7 +126,7 @@ impl ChainStarts {
             aad.extend_from_slice(&start.to_be_bytes());
         }
         if self.audit > 0 {
-            aad.push(crate::audit::AUDIT_CHAIN);
+            aad.push(AUDIT_CHAIN);
             aad.extend_from_slice(&self.audit.to_be_bytes());
         }
         aad
@@ -133,6 +137,23 @@ impl ChainStarts {
     pub fn journal(&self, journal: u8) -> u64 {
         self.journals.get(&journal).copied().unwrap_or(0)
     }
+}
+
+/// Why the store's chain key could not be read, opened or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// `meta` could not be read.
+    #[error("reading the journal chain key: {0}")]
+    Read(#[from] rocksdb::Error),
+    /// The derived key could not be stored.
+    #[error("storing the journal chain key: {0}")]
+    Write(#[from] StorageError),
+    /// The stored value is not what this build writes.
+    #[error("the stored journal chain key is unreadable: {0}")]
+    Corrupt(String),
+    /// The key does not open with the master key, or its starts were changed.
+    #[error(transparent)]
+    Sealing(#[from] SealError),
 }
 
 /// The chain key as `meta` holds it.
@@ -157,12 +178,12 @@ pub struct Chain {
 ///
 /// # Errors
 /// If `meta` cannot be read, or the value is not what this build writes.
-pub fn stored(store: &Store) -> Result<Option<(String, ChainStarts)>, LedgerError> {
+pub fn stored(store: &Store) -> Result<Option<(String, ChainStarts)>, ChainError> {
     let Some(value) = store.db().get_cf(store.cf(CF_META), KEY_CHAIN_KEY)? else {
         return Ok(None);
     };
-    let stored: StoredChainKey = serde_json::from_slice(&value)
-        .map_err(|e| LedgerError::Corrupt { what: "chain key", detail: e.to_string() })?;
+    let stored: StoredChainKey =
+        serde_json::from_slice(&value).map_err(|e| ChainError::Corrupt(e.to_string()))?;
     Ok(Some((stored.sealed, stored.starts)))
 }
 
@@ -177,9 +198,9 @@ pub(crate) fn stored_value(sealed: String, starts: ChainStarts) -> Vec<u8> {
 /// starts.
 ///
 /// # Errors
-/// [`crate::sealing::SealError::WrongChainKey`] (as [`LedgerError::Sealing`]) if
+/// [`SealError::WrongChainKey`] (as [`ChainError::Sealing`]) if
 /// `master` is not the key that sealed it, or its starts were changed; a read error.
-pub fn load(store: &Store, master: &MasterKey) -> Result<Chain, LedgerError> {
+pub fn load(store: &Store, master: &MasterKey) -> Result<Chain, ChainError> {
     match stored(store)? {
         Some((sealed, starts)) => {
             Ok(Chain { key: master.open_chain_key(&sealed, &starts)?, starts })
@@ -193,20 +214,76 @@ pub fn load(store: &Store, master: &MasterKey) -> Result<Chain, LedgerError> {
 
 /// As [`load`]; if the store holds no chain key, stores the derived one, sealed with
 /// the starts `starts` gives, synced.
-pub(crate) fn load_or_store(
+pub(crate) fn load_or_store<E: From<ChainError>>(
     store: &Store,
     master: &MasterKey,
-    starts: impl FnOnce() -> Result<ChainStarts, LedgerError>,
-) -> Result<Chain, LedgerError> {
+    starts: impl FnOnce() -> Result<ChainStarts, E>,
+) -> Result<Chain, E> {
     if let Some((sealed, starts)) = stored(store)? {
-        return Ok(Chain { key: master.open_chain_key(&sealed, &starts)?, starts });
+        let key = master.open_chain_key(&sealed, &starts).map_err(ChainError::from)?;
+        return Ok(Chain { key, starts });
     }
     let starts = starts()?;
-    let (key, sealed) = master.new_chain_key(&starts)?;
+    let (key, sealed) = master.new_chain_key(&starts).map_err(ChainError::from)?;
     let mut write = WriteBatch::default();
     write.put_cf(store.cf(CF_META), KEY_CHAIN_KEY, stored_value(sealed, starts.clone()));
-    store.write_synced(CONTROL_JOURNAL, write)?;
+    store.write_synced(CONTROL_JOURNAL, write).map_err(ChainError::from)?;
     Ok(Chain { key, starts })
+}
+
+/// The chain key sealed under the master key: made, opened and sealed again under
+/// another (a rotation).
+impl MasterKey {
+    /// A new store's journal chain key, and the same sealed for the
+    /// store. The key is HMAC-SHA256 of the chain's context under this master key, so
+    /// the two never coincide and one reveals nothing of the other; it is stored
+    /// sealed so that it outlives a rotation of the master key.
+    ///
+    /// # Errors
+    /// [`SealError::Random`] if no nonce can be drawn.
+    pub fn new_chain_key(&self, starts: &ChainStarts) -> Result<(ChainKey, String), SealError> {
+        let mut bytes = self.derive(CONTEXT);
+        let sealed = self.seal_secret(&starts.associated_data(), &bytes);
+        let key = ChainKey::from_bytes(&bytes);
+        bytes.zeroize();
+        Ok((key, sealed?))
+    }
+
+    /// Opens a chain key [`MasterKey::new_chain_key`] or [`MasterKey::reseal_chain_key`]
+    /// sealed.
+    ///
+    /// # Errors
+    /// [`SealError::SealedForm`] if the text is not a sealed key;
+    /// [`SealError::WrongChainKey`] if it does not open with this master key.
+    pub fn open_chain_key(
+        &self,
+        sealed: &str,
+        starts: &ChainStarts,
+    ) -> Result<ChainKey, SealError> {
+        let mut opened =
+            self.open_secret(&starts.associated_data(), sealed)?.ok_or(SealError::WrongChainKey)?;
+        let key = ChainKey::from_bytes(&opened);
+        opened.zeroize();
+        Ok(key)
+    }
+
+    /// The sealed chain key `sealed`, opened with this master key and sealed again
+    /// with `new`.
+    ///
+    /// # Errors
+    /// As [`MasterKey::open_chain_key`], or [`SealError::Random`].
+    pub fn reseal_chain_key(
+        &self,
+        sealed: &str,
+        starts: &ChainStarts,
+        new: &Self,
+    ) -> Result<String, SealError> {
+        let aad = starts.associated_data();
+        let mut opened = self.open_secret(&aad, sealed)?.ok_or(SealError::WrongChainKey)?;
+        let resealed = new.seal_secret(&aad, &opened);
+        opened.zeroize();
+        resealed
+    }
 }
 
 #[cfg(test)]
@@ -247,16 +324,10 @@ mod tests {
         let (chain, sealed) = old.new_chain_key(&starts).expect("seals");
         let seal = |key: &ChainKey| key.seal(1, &Seal::GENESIS, b"record");
         assert_eq!(seal(&old.open_chain_key(&sealed, &starts).expect("opens")), seal(&chain));
-        assert!(matches!(
-            new.open_chain_key(&sealed, &starts),
-            Err(crate::sealing::SealError::WrongChainKey)
-        ));
+        assert!(matches!(new.open_chain_key(&sealed, &starts), Err(SealError::WrongChainKey)));
         let moved = ChainStarts { audit: 9, ..starts.clone() };
         assert!(
-            matches!(
-                old.open_chain_key(&sealed, &moved),
-                Err(crate::sealing::SealError::WrongChainKey)
-            ),
+            matches!(old.open_chain_key(&sealed, &moved), Err(SealError::WrongChainKey)),
             "a changed start does not open"
         );
         let resealed = old.reseal_chain_key(&sealed, &starts, &new).expect("reseals");
@@ -264,7 +335,7 @@ mod tests {
         assert!(old.open_chain_key(&resealed, &starts).is_err(), "the old key no longer opens it");
         assert_eq!(
             old.reseal_chain_key(&resealed, &starts, &new).map(|_| ()),
-            Err(crate::sealing::SealError::WrongChainKey)
+            Err(SealError::WrongChainKey)
         );
     }
 }

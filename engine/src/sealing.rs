@@ -15,8 +15,6 @@ use onecard_protocol::mac::TERMINAL_KEY_BYTES;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::chain::ChainKey;
-
 /// Bytes of the master key.
 pub const MASTER_KEY_BYTES: usize = 32;
 
@@ -132,65 +130,17 @@ impl MasterKey {
         Ok(key)
     }
 
-    /// A new store's journal chain key ([`crate::chain`]), and the same sealed for the
-    /// store. The key is HMAC-SHA256 of the chain's context under this master key, so
-    /// the two never coincide and one reveals nothing of the other; it is stored
-    /// sealed so that it outlives a rotation of the master key.
-    ///
-    /// # Errors
-    /// [`SealError::Random`] if no nonce can be drawn.
-    pub fn new_chain_key(
-        &self,
-        starts: &crate::chain::ChainStarts,
-    ) -> Result<(ChainKey, String), SealError> {
+    /// HMAC-SHA256 of `context` under the master key: a key derived for one purpose,
+    /// which never equals the master key nor one derived for another context.
+    pub(crate) fn derive(&self, context: &[u8]) -> [u8; 32] {
         let mut derive = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
             .expect("HMAC accepts 32-byte keys");
-        derive.update(crate::chain::CONTEXT);
-        let mut bytes: [u8; 32] = derive.finalize().into_bytes().into();
-        let sealed = self.seal_secret(&starts.associated_data(), &bytes);
-        let key = ChainKey::from_bytes(&bytes);
-        bytes.zeroize();
-        Ok((key, sealed?))
-    }
-
-    /// Opens a chain key [`MasterKey::new_chain_key`] or [`MasterKey::reseal_chain_key`]
-    /// sealed.
-    ///
-    /// # Errors
-    /// [`SealError::SealedForm`] if the text is not a sealed key;
-    /// [`SealError::WrongChainKey`] if it does not open with this master key.
-    pub fn open_chain_key(
-        &self,
-        sealed: &str,
-        starts: &crate::chain::ChainStarts,
-    ) -> Result<ChainKey, SealError> {
-        let mut opened =
-            self.open_secret(&starts.associated_data(), sealed)?.ok_or(SealError::WrongChainKey)?;
-        let key = ChainKey::from_bytes(&opened);
-        opened.zeroize();
-        Ok(key)
-    }
-
-    /// The sealed chain key `sealed`, opened with this master key and sealed again
-    /// with `new`.
-    ///
-    /// # Errors
-    /// As [`MasterKey::open_chain_key`], or [`SealError::Random`].
-    pub fn reseal_chain_key(
-        &self,
-        sealed: &str,
-        starts: &crate::chain::ChainStarts,
-        new: &Self,
-    ) -> Result<String, SealError> {
-        let aad = starts.associated_data();
-        let mut opened = self.open_secret(&aad, sealed)?.ok_or(SealError::WrongChainKey)?;
-        let resealed = new.seal_secret(&aad, &opened);
-        opened.zeroize();
-        resealed
+        derive.update(context);
+        derive.finalize().into_bytes().into()
     }
 
     /// Seals a 32-byte secret bound to `aad`: hex of nonce, ciphertext and tag.
-    fn seal_secret(&self, aad: &[u8], secret: &[u8; 32]) -> Result<String, SealError> {
+    pub(crate) fn seal_secret(&self, aad: &[u8], secret: &[u8; 32]) -> Result<String, SealError> {
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
         let sealed = self
@@ -205,7 +155,11 @@ impl MasterKey {
 
     /// Opens what [`MasterKey::seal_secret`] sealed with `aad`; `None` if the tag does
     /// not verify (another master key, another `aad`, or a changed byte).
-    fn open_secret(&self, aad: &[u8], sealed: &str) -> Result<Option<[u8; 32]>, SealError> {
+    pub(crate) fn open_secret(
+        &self,
+        aad: &[u8],
+        sealed: &str,
+    ) -> Result<Option<[u8; 32]>, SealError> {
         let mut bytes = [0u8; SEALED_KEY_BYTES];
         hex::decode_to_slice(sealed, &mut bytes)
             .map_err(|_| SealError::SealedForm { len: sealed.len() })?;

@@ -46,6 +46,17 @@ impl From<RecoverError> for LedgerError {
     }
 }
 
+impl From<ChainError> for LedgerError {
+    fn from(error: ChainError) -> Self {
+        match error {
+            ChainError::Read(error) => Self::Storage(error),
+            ChainError::Write(error) => Self::Write(error),
+            ChainError::Corrupt(detail) => Self::Corrupt { what: "chain key", detail },
+            ChainError::Sealing(error) => Self::Sealing(error),
+        }
+    }
+}
+
 /// Why a control operation was refused. Nothing was written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -63,7 +63,7 @@ use crate::cards::{
     AccountRecord, AccountState, CardAccount, CardEntry, CardMoney, CardTable, CardType,
     LimitOverrides, Limits, PinHash,
 };
-use crate::chain::{Chain, ChainStarts, Seal};
+use crate::chain::{Chain, ChainError, ChainStarts, Seal};
 use crate::checkpoint::{Committed, IndexWatermarks, Intervals, Message, RecoverError, Totals};
 use crate::date::{BusinessDate, Clock, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};

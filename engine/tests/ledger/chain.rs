@@ -206,7 +206,7 @@ fn a_journal_stripped_of_every_seal_does_not_pass_for_one_from_before_the_chain(
     store.db().put_cf(store.cf(CF_META), KEY_CHAIN_KEY, moved).expect("writes");
     assert!(matches!(
         onecard_engine::chain::load(&store, &campus.config.master_key),
-        Err(onecard_engine::LedgerError::Sealing(SealError::WrongChainKey))
+        Err(onecard_engine::chain::ChainError::Sealing(SealError::WrongChainKey))
     ));
 }
 
