@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use onecard_protocol::MealPeriod;
+
 /// A business date, `yyyymmdd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BusinessDate(u32);
@@ -144,6 +146,91 @@ impl Clock {
         if let Self::Manual(at) = self {
             at.store(unix_ms, Ordering::Release);
         }
+    }
+}
+
+/// Minutes in a day.
+pub(crate) const DAY_MINUTES: u16 = 24 * 60;
+
+/// Where each meal period begins, in minutes after local midnight. Night runs from
+/// its start over midnight to breakfast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MealHours {
+    /// 早餐 begins.
+    pub breakfast_from: u16,
+    /// 午餐 begins.
+    pub lunch_from: u16,
+    /// 晚餐 begins.
+    pub dinner_from: u16,
+    /// 夜宵 begins.
+    pub night_from: u16,
+}
+
+impl Default for MealHours {
+    /// 05:00, 10:30, 16:00, 20:00.
+    fn default() -> Self {
+        Self {
+            breakfast_from: 5 * 60,
+            lunch_from: 10 * 60 + 30,
+            dinner_from: 16 * 60,
+            night_from: 20 * 60,
+        }
+    }
+}
+
+impl MealHours {
+    /// Hours from `HH:MM,HH:MM,HH:MM,HH:MM` (breakfast, lunch, dinner, night), each
+    /// after the one before.
+    ///
+    /// # Errors
+    /// A message naming what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let minutes: Vec<u16> = text
+            .split(',')
+            .map(|part| {
+                let (hours, minutes) = part.trim().split_once(':').ok_or(())?;
+                let hours: u16 = hours.parse().map_err(drop)?;
+                let minutes: u16 = minutes.parse().map_err(drop)?;
+                if hours < 24 && minutes < 60 { Ok(hours * 60 + minutes) } else { Err(()) }
+            })
+            .collect::<Result<_, ()>>()
+            .map_err(|()| format!("meal hours {text:?} are not four HH:MM times"))?;
+        let [breakfast_from, lunch_from, dinner_from, night_from] = minutes[..] else {
+            return Err(format!("meal hours {text:?} are not four HH:MM times"));
+        };
+        if !(breakfast_from < lunch_from && lunch_from < dinner_from && dinner_from < night_from) {
+            return Err(format!("meal hours {text:?} are not in order through the day"));
+        }
+        Ok(Self { breakfast_from, lunch_from, dinner_from, night_from })
+    }
+
+    /// The meal period of `minute` after local midnight.
+    #[must_use]
+    pub fn meal_at(&self, minute: u16) -> MealPeriod {
+        let minute = minute % DAY_MINUTES;
+        if minute < self.breakfast_from || minute >= self.night_from {
+            MealPeriod::Night
+        } else if minute < self.lunch_from {
+            MealPeriod::Breakfast
+        } else if minute < self.dinner_from {
+            MealPeriod::Lunch
+        } else {
+            MealPeriod::Dinner
+        }
+    }
+}
+
+impl std::fmt::Display for MealHours {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        write!(
+            f,
+            "{},{},{},{}",
+            hm(self.breakfast_from),
+            hm(self.lunch_from),
+            hm(self.dinner_from),
+            hm(self.night_from)
+        )
     }
 }
 

@@ -65,7 +65,7 @@ use crate::cards::{
 };
 use crate::chain::{Chain, ChainError, ChainStarts, Seal};
 use crate::checkpoint::{Committed, IndexWatermarks, Intervals, Message, RecoverError, Totals};
-use crate::date::{BusinessDate, Clock, now_ms};
+use crate::date::{BusinessDate, Clock, MealHours, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
 use crate::journal::{
     Batch, CHECKPOINT_JOURNAL, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key,
@@ -79,7 +79,6 @@ use crate::limits::{
 use crate::metrics::Metrics;
 use crate::postings::{Postings, index_key};
 use crate::sealing::{MasterKey, SealError};
-use crate::settlement::MealHours;
 use crate::shard::{
     Command, RecoveredShard, ShardStats, ShardWriter, Submission, TerminalState, rebuild_window,
     refusal,

@@ -57,7 +57,7 @@ impl Ledger {
         let shards = store.shards();
         let blacklist_version = control.blacklist_version;
         let audit = AuditLog::open(&store, chain.key.clone())?;
-        let settled = crate::settlement::load_settled_dates(&store)?;
+        let settled = load_settled_dates(&store)?;
         let indexed = Arc::new(crate::checkpoint::index_watermarks(shards, &recovered));
         let metrics = Arc::new(Metrics::new(shards));
         let (checkpoint, checkpoint_queue) = bounded(CHECKPOINT_QUEUE_BATCHES_MAX);
@@ -319,4 +319,33 @@ pub(super) fn recover_shard(shared: &Shared, shard: u8) -> Result<RecoveredShard
         last_seal: last.as_ref().and_then(|batch| batch.seal).unwrap_or(Seal::GENESIS),
         windows,
     })
+}
+
+/// Every settled business date, from the settlement records' keys: read once, when the
+/// ledger opens.
+fn load_settled_dates(
+    store: &Store,
+) -> Result<std::collections::BTreeSet<BusinessDate>, LedgerError> {
+    let prefix = [control_key::SETTLEMENT];
+    let mut dates = std::collections::BTreeSet::new();
+    let mut iter = store.db().raw_iterator_cf(store.cf(CF_CONTROL));
+    iter.seek(prefix);
+    while let Some(key) = iter.key() {
+        if key.first() != Some(&control_key::SETTLEMENT) {
+            break;
+        }
+        let date = key
+            .get(1..5)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .and_then(BusinessDate::from_yyyymmdd)
+            .ok_or_else(|| LedgerError::Corrupt {
+                what: "settlement key",
+                detail: hex::encode(key),
+            })?;
+        dates.insert(date);
+        iter.next();
+    }
+    iter.status()?;
+    Ok(dates)
 }
