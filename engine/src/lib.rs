@@ -50,6 +50,7 @@ pub mod rekey;
 pub mod sealing;
 pub mod settlement;
 pub mod shard;
+mod shared;
 pub mod statement;
 pub mod storage;
 pub mod store;

@@ -10,7 +10,8 @@
 //! then changes memory.
 //!
 //! # Layout
-//! - this file — the ledger's settings, what its threads share, health and metrics,
+//! - this file — what the control plane adds to the state its threads share
+//!   ([`crate::shared`] holds that state and the settings), health and metrics,
 //!   closing.
 //! - `open` — opening and recovery: the checkpoint, the control records, the shards.
 //! - `submit` — the terminal entry point.
@@ -30,6 +31,8 @@ mod open;
 mod queries;
 mod submit;
 
+pub use crate::shared::LedgerConfig;
+use crate::shared::Shared;
 use cards::check_name;
 pub use cards::{OpenCard, SubsidyRow};
 pub(crate) use control::ControlTransfer;
@@ -63,17 +66,16 @@ use crate::cards::{
     AccountRecord, AccountState, CardAccount, CardEntry, CardMoney, CardTable, CardType,
     LimitOverrides, Limits, PinHash,
 };
-use crate::chain::{Chain, ChainError, ChainStarts, Seal};
-use crate::checkpoint::{Committed, IndexWatermarks, Intervals, Message, RecoverError, Totals};
-use crate::date::{BusinessDate, Clock, MealHours, now_ms};
+use crate::chain::{ChainError, ChainStarts, Seal};
+use crate::checkpoint::{Committed, Intervals, Message, RecoverError};
+use crate::date::{BusinessDate, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
 use crate::journal::{
     Batch, CHECKPOINT_JOURNAL, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key,
-    first_transfer_id, journal_of, read_transfer, seek_key,
+    first_transfer_id, journal_of,
 };
 use crate::limits::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, CHECKPOINT_QUEUE_BATCHES_MAX, INDEX_INTERVAL_MS_DEFAULT,
-    NAME_BYTES_MAX, SHARD_QUEUE_REQUESTS_MAX, SHARDS_MAX, STATEMENT_PAGE_MAX,
+    CHECKPOINT_QUEUE_BATCHES_MAX, NAME_BYTES_MAX, SHARD_QUEUE_REQUESTS_MAX, STATEMENT_PAGE_MAX,
     SUBSIDY_BATCH_ROWS_MAX,
 };
 use crate::metrics::Metrics;
@@ -85,68 +87,9 @@ use crate::shard::{
 };
 use crate::storage::{FaultPlan, StorageError};
 use crate::store::{
-    CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, KEY_CLOSED_THROUGH, OpenError, Store,
-    control_key, journal_cf, prefixed_key, shard_key,
+    CF_CONTROL, CF_INDEX, CF_META, KEY_BUSINESS_DATE, OpenError, Store, control_key, journal_cf,
+    prefixed_key, shard_key,
 };
-
-/// How a ledger runs.
-#[derive(Debug, Clone)]
-pub struct LedgerConfig {
-    /// Shards for a new store; an existing store keeps its own count.
-    pub shards: usize,
-    /// Sync every commit to disk before answering. Off only in benchmarks that say so.
-    pub sync: bool,
-    /// The card centre's time zone, minutes east of UTC (China: 480).
-    pub utc_offset_minutes: i32,
-    /// Minutes after local midnight at which the business day turns.
-    pub cutover_minutes: u32,
-    /// The clock commits and business dates are stamped with.
-    pub clock: Clock,
-    /// Where one meal period ends and the next begins, for settlement.
-    pub meal_hours: MealHours,
-    /// Seals terminal keys at rest (`sealing`); a store must be opened with the key
-    /// it was sealed with.
-    pub master_key: MasterKey,
-    /// How often the checkpointer writes changed balances with the journal position
-    /// they reflect: a restart after `kill -9` replays at most this much journal.
-    pub checkpoint_interval_ms: u64,
-    /// How often the checkpointer writes the statement index; a statement reads at
-    /// most this much journal beside the index.
-    pub index_interval_ms: u64,
-}
-
-impl LedgerConfig {
-    /// The date the clock gives at `now_ms`, in the card centre's zone and turn.
-    #[must_use]
-    pub fn clock_date_at(&self, now_ms: u64) -> BusinessDate {
-        BusinessDate::at(now_ms, self.utc_offset_minutes, self.cutover_minutes)
-    }
-
-    /// The date the clock gives now.
-    #[must_use]
-    pub fn clock_date(&self) -> BusinessDate {
-        self.clock_date_at(self.clock.now_ms())
-    }
-}
-
-impl Default for LedgerConfig {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        Self {
-            shards: cores.clamp(1, SHARDS_MAX),
-            sync: true,
-            utc_offset_minutes: 480,
-            cutover_minutes: 0,
-            clock: Clock::System,
-            meal_hours: MealHours::default(),
-            // A fresh key: a store made with the default is opened again only with
-            // the same config (ops reads the key from its file or the environment).
-            master_key: MasterKey::generate().expect("the system gives randomness"),
-            checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
-            index_interval_ms: INDEX_INTERVAL_MS_DEFAULT,
-        }
-    }
-}
 
 /// A shard's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,21 +125,13 @@ pub(crate) struct ControlState {
     last_seal: Seal,
 }
 
-/// What every thread of the ledger shares.
-pub(crate) struct Shared {
-    pub store: Arc<Store>,
-    pub cards: CardTable,
-    pub directory: Directory,
-    pub config: LedgerConfig,
-    /// The key every journal's batches are sealed with, from the master key.
-    pub chain: Chain,
-    pub metrics: Arc<Metrics>,
+/// What the control plane keeps beside the state every thread shares: the audit log,
+/// the control journal's counters, the cutover's lock, the settled dates and the
+/// blacklist version. Dereferences to that [`Shared`] state.
+pub(crate) struct LedgerShared {
+    /// What the shards share with the control plane.
+    pub base: Arc<Shared>,
     audit: AuditLog,
-    /// The open business date, `yyyymmdd`: no commit counts for an earlier one.
-    business_date: AtomicU32,
-    /// The last closed business date, `yyyymmdd`: no commit can count for it or an
-    /// earlier one any more.
-    closed_through: AtomicU32,
     /// Held by whoever is turning the day.
     cutover: Mutex<()>,
     /// Every settled business date, read from the settlement records at open and
@@ -204,97 +139,19 @@ pub(crate) struct Shared {
     pub settled: Mutex<std::collections::BTreeSet<BusinessDate>>,
     blacklist_version: AtomicU64,
     control: Mutex<ControlState>,
-    /// Non-card balances and the card pool as of every durable batch.
-    totals: Mutex<Totals>,
-    /// How far the statement index reaches in each journal.
-    pub indexed: Arc<IndexWatermarks>,
-    /// Where durable batches go to be checkpointed and indexed.
-    checkpoint: Sender<Message>,
 }
 
-impl Shared {
-    /// Non-card balances and the card pool, for a durable batch to be applied to or
-    /// read.
-    pub fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
-        self.totals.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+impl std::ops::Deref for LedgerShared {
+    type Target = Shared;
 
-    /// Hands a durable batch to the checkpointer, waiting while its queue is full
-    /// (bounded: a checkpointer that falls behind slows the journals, never memory).
-    pub fn checkpoint(&self, committed: Committed) {
-        if self.checkpoint.send(Message::Committed(committed)).is_err() {
-            tracing::error!("the checkpointer has stopped; the next start replays the journal");
-        }
-    }
-
-    /// Asks the checkpointer to write everything it holds, synced, and waits; whether
-    /// it landed (false once a checkpoint write has failed).
-    pub fn flush_checkpoint(&self) -> bool {
-        let (done, landed) = bounded(1);
-        self.checkpoint.send(Message::Flush(done)).is_ok() && landed.recv().unwrap_or(false)
-    }
-
-    /// The open business date.
-    pub fn open_date(&self) -> BusinessDate {
-        BusinessDate::from_yyyymmdd(self.business_date.load(Ordering::Acquire))
-            .expect("the ledger holds a valid date")
-    }
-
-    /// The business date a commit at `now_ms` counts for: the open date, or the date
-    /// the clock gives if the day has turned and the cutover has not run yet (so the
-    /// millisecond after the turn is already the new day's).
-    pub fn date_at(&self, now_ms: u64) -> BusinessDate {
-        self.open_date().max(self.config.clock_date_at(now_ms))
-    }
-
-    /// The business date a commit now counts for.
-    pub fn business_date(&self) -> BusinessDate {
-        self.date_at(self.config.clock.now_ms())
-    }
-
-    /// Stores `open` as the open business date and the day before it as closed, in
-    /// one synced write, and sets both in memory. Callers make sure no commit can
-    /// still count for the closed days.
-    fn persist_dates(&self, open: BusinessDate) -> Result<(), StorageError> {
-        let closed = open.previous();
-        let meta = self.store.cf(CF_META);
-        let mut write = WriteBatch::default();
-        write.put_cf(meta, KEY_BUSINESS_DATE, open.to_yyyymmdd().to_be_bytes());
-        write.put_cf(meta, KEY_CLOSED_THROUGH, closed.to_yyyymmdd().to_be_bytes());
-        self.store.write_synced(CONTROL_JOURNAL, write)?;
-        self.business_date.store(open.to_yyyymmdd(), Ordering::Release);
-        self.closed_through.store(closed.to_yyyymmdd(), Ordering::Release);
-        Ok(())
-    }
-
-    /// The last closed business date.
-    pub fn closed_through(&self) -> BusinessDate {
-        BusinessDate::from_yyyymmdd(self.closed_through.load(Ordering::Acquire))
-            .expect("the ledger holds a valid date")
-    }
-
-    /// Transfer `id` of `journal`, and the one after it if that continues it.
-    pub fn transfer_pair(&self, journal: u8, id: u64) -> Option<(Transfer, Option<Transfer>)> {
-        let cf = self.store.cf(&journal_cf(journal));
-        let mut iter = self.store.db().raw_iterator_cf(cf);
-        iter.seek_for_prev(seek_key(id));
-        let (key, value) = (iter.key()?, iter.value()?);
-        if key.len() != 16 || journal_of(u64::from_be_bytes(key[..8].try_into().ok()?)) != journal {
-            return None;
-        }
-        match read_transfer(value, id) {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::error!(journal, id, %error, "unreadable journal record");
-                None
-            }
-        }
+    fn deref(&self) -> &Shared {
+        &self.base
     }
 }
 
 /// The ledger: shards, cards, merchants and terminals over one store.
 pub struct Ledger {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<LedgerShared>,
     queues: Vec<Sender<Command>>,
     threads: Vec<JoinHandle<()>>,
     /// The checkpointer's thread, stopped after the shards' at close.

@@ -73,23 +73,26 @@ impl Ledger {
             Arc::clone(&metrics),
         )
         .map_err(|source| LedgerError::Thread { name: "onecard-checkpoint".to_owned(), source })?;
-        let shared = Arc::new(Shared {
+        let base = Arc::new(Shared {
             store,
             cards,
             directory,
             chain,
             config,
             metrics,
-            audit,
             business_date: AtomicU32::new(date.to_yyyymmdd()),
             closed_through: AtomicU32::new(date.previous().to_yyyymmdd()),
+            totals: Mutex::new(recovered.totals),
+            indexed,
+            checkpoint,
+        });
+        let shared = Arc::new(LedgerShared {
+            base,
+            audit,
             cutover: Mutex::new(()),
             settled: Mutex::new(settled),
             blacklist_version: AtomicU64::new(blacklist_version),
             control: Mutex::new(control),
-            totals: Mutex::new(recovered.totals),
-            indexed,
-            checkpoint,
         });
         let mut queues = Vec::new();
         let mut threads = Vec::new();
@@ -111,7 +114,7 @@ impl Ledger {
             let shard_stats = Arc::new(ShardStats::default());
             let writer = ShardWriter::new(
                 shard,
-                Arc::clone(&shared),
+                Arc::clone(&shared.base),
                 receiver,
                 Arc::clone(&shard_stats),
                 recovered,

@@ -69,11 +69,11 @@ use crate::directory::{MerchantCategory, Terminal};
 use crate::journal::{
     Batch, BatchView, Entry, Transfer, TransferKind, batch_key, journal_of, read_transfer,
 };
-use crate::ledger::Shared;
 use crate::limits::{
     BATCH_REQUESTS_MAX, PIN_FAILURES_MAX, RECENT_BATCHES_MAX, RETRY_WINDOW_REQUESTS,
 };
 use crate::postings::Postings;
+use crate::shared::Shared;
 use crate::storage::StorageError;
 use crate::store::{journal_cf, prefixed_key, shard_key};
 pub(crate) use crate::terminal_state::TerminalState;
