@@ -114,7 +114,7 @@ impl Ledger {
                 return Err(ControlError::InvalidAmount(order.amount_fen));
             }
         }
-        let transfer_id = control.next_transfer_id;
+        let transfer_id = control.tail.next_transfer_id();
         let transfer = ControlTransfer {
             debit: order.debit,
             credit: order.credit,

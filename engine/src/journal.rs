@@ -16,6 +16,8 @@
 
 use onecard_protocol::{AnswerCode, MealPeriod, MessageType};
 
+use rocksdb::{ColumnFamily, WriteBatch};
+
 use crate::account::AccountId;
 use crate::chain::{ChainKey, SEAL_BYTES, Seal};
 use crate::date::BusinessDate;
@@ -23,6 +25,7 @@ pub use crate::storage::{CHECKPOINT_JOURNAL, CONTROL_JOURNAL};
 pub use crate::store::{
     TRANSFER_SEQUENCE_BITS, batch_key, first_transfer_id, journal_of, seek_key,
 };
+use crate::store::{prefixed_key, shard_key};
 
 /// Record format written by this build.
 pub const RECORD_VERSION: u8 = 2;
@@ -410,6 +413,116 @@ impl Batch {
     }
 }
 
+/// Where a journal stands after its last durable batch: the id its next transfer
+/// takes, its next batch's number, the business date of its last batch and that
+/// batch's seal. A shard's writer and the control plane each keep one for their
+/// journal and put every batch into a write through [`Tail::append`], the one place a
+/// batch is numbered, sealed and marked as its day's first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    journal: u8,
+    next_transfer_id: u64,
+    next_batch: u64,
+    /// `yyyymmdd` of the last batch; 0 before the first.
+    last_date: u32,
+    /// [`Seal::GENESIS`] before the first sealed batch.
+    last_seal: Seal,
+}
+
+impl Tail {
+    /// The tail of `journal` whose last batch on disk is `last` (`None`: the journal
+    /// is empty).
+    #[must_use]
+    pub fn after(journal: u8, last: Option<&Batch>) -> Self {
+        match last {
+            Some(batch) => Self {
+                journal,
+                next_transfer_id: batch.next_transfer_id(),
+                next_batch: batch.number + 1,
+                last_date: batch.business_date.to_yyyymmdd(),
+                last_seal: batch.seal.unwrap_or(Seal::GENESIS),
+            },
+            None => Self {
+                journal,
+                next_transfer_id: first_transfer_id(journal),
+                next_batch: 1,
+                last_date: 0,
+                last_seal: Seal::GENESIS,
+            },
+        }
+    }
+
+    /// The id the next batch's first transfer takes.
+    #[must_use]
+    pub fn next_transfer_id(&self) -> u64 {
+        self.next_transfer_id
+    }
+
+    /// The next batch's number, from 1.
+    #[must_use]
+    pub fn next_batch(&self) -> u64 {
+        self.next_batch
+    }
+
+    /// The next batch's key in the journal's column family.
+    #[must_use]
+    pub fn key(&self) -> [u8; 16] {
+        batch_key(self.next_transfer_id, self.next_batch)
+    }
+
+    /// The business date of the last batch, if there is one.
+    #[must_use]
+    pub fn last_date(&self) -> Option<BusinessDate> {
+        BusinessDate::from_yyyymmdd(self.last_date)
+    }
+
+    /// The date the next batch counts for when `open` is the ledger's: never before
+    /// the last batch's, so a journal's dates never go back.
+    #[must_use]
+    pub fn date_for(&self, open: BusinessDate) -> BusinessDate {
+        self.last_date().map_or(open, |last| open.max(last))
+    }
+
+    /// Puts `batch`, this journal's next, into `write` in `journal`, its column
+    /// family: the record sealed after the last batch, and the day-start mark
+    /// (`0xF4` ++ date → the batch's key) if it is the first batch of its date.
+    /// Returns the tail after it, for the caller to take once `write` is durable and
+    /// not before: a write that fails leaves the journal where it was.
+    ///
+    /// # Panics
+    /// If `batch` does not follow this tail (its number or first transfer id is not
+    /// the next), or breaks a record invariant ([`BatchView::encode_sealed`]).
+    #[must_use]
+    pub fn append(
+        &self,
+        chain: &ChainKey,
+        batch: &BatchView<'_>,
+        write: &mut WriteBatch,
+        journal: &ColumnFamily,
+    ) -> Self {
+        assert_eq!(batch.number, self.next_batch, "journal {}: a batch out of turn", self.journal);
+        assert_eq!(
+            batch.first_transfer_id, self.next_transfer_id,
+            "journal {}: a batch whose transfer ids do not follow",
+            self.journal
+        );
+        let key = self.key();
+        let (record, seal) = batch.encode_sealed(chain, self.journal, &self.last_seal);
+        write.put_cf(journal, key, record);
+        let date = batch.business_date.to_yyyymmdd();
+        if self.last_date != date {
+            write.put_cf(journal, prefixed_key(shard_key::DAY_START, &date.to_be_bytes()), key);
+        }
+        Self {
+            journal: self.journal,
+            next_transfer_id: batch.first_transfer_id + batch.transfers.len() as u64,
+            next_batch: self.next_batch + 1,
+            last_date: date,
+            last_seal: seal,
+        }
+    }
+}
+
 /// A batch record to write, borrowing what the shard decided.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchView<'a> {
@@ -663,6 +776,51 @@ mod tests {
 
     fn sealed(batch: &Batch) -> Vec<u8> {
         batch.view().encode_sealed(&chain(), 3, &Seal::GENESIS).0
+    }
+
+    #[test]
+    fn a_tail_numbers_seals_and_marks_each_batch_and_moves_only_when_taken() {
+        let dir = onecard_tests::TempDir::new("journal-tail");
+        let store = crate::store::Store::open(dir.path(), 4).expect("opens");
+        let cf = store.cf(&crate::store::journal_cf(3));
+        let empty = Tail::after(3, None);
+        assert_eq!((empty.next_transfer_id(), empty.next_batch()), (first_transfer_id(3), 1));
+        let first = Batch { number: 1, ..sample() };
+        let mut write = WriteBatch::default();
+        let tail = empty.append(&chain(), &first.view(), &mut write, cf);
+        assert_eq!(write.len(), 2, "the record and its day's start");
+        assert_eq!(empty, Tail::after(3, None), "the tail a caller holds moves when taken");
+        assert_eq!(tail.next_transfer_id(), first.next_transfer_id());
+        assert_eq!((tail.next_batch(), tail.last_date()), (2, Some(first.business_date)));
+        store.write_synced(3, write).expect("writes");
+        let record = store.db().get_cf(cf, empty.key()).expect("reads").expect("written");
+        let decoded = Batch::decode(&record).expect("decodes");
+        assert_eq!(decoded.seal.map(|seal| seal.matches(&tail.last_seal)), Some(true));
+        assert_eq!(Tail::after(3, Some(&decoded)), tail, "the tail a restart reads back");
+        let second = Batch {
+            number: 2,
+            first_transfer_id: tail.next_transfer_id(),
+            transfers: Vec::new(),
+            ..first.clone()
+        };
+        let mut write = WriteBatch::default();
+        let after = tail.append(&chain(), &second.view(), &mut write, cf);
+        assert_eq!(write.len(), 1, "the same date starts no new day");
+        assert_eq!(after.next_transfer_id(), tail.next_transfer_id(), "no transfers, no ids");
+        let earlier = first.business_date.previous();
+        assert_eq!(tail.date_for(earlier), first.business_date, "a journal's dates never go back");
+        let later = first.business_date.next();
+        assert_eq!(tail.date_for(later), later);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of turn")]
+    fn a_tail_refuses_a_batch_out_of_turn() {
+        let dir = onecard_tests::TempDir::new("journal-tail-turn");
+        let store = crate::store::Store::open(dir.path(), 4).expect("opens");
+        let cf = store.cf(&crate::store::journal_cf(3));
+        let _ =
+            Tail::after(3, None).append(&chain(), &sample().view(), &mut WriteBatch::default(), cf);
     }
 
     #[test]

@@ -566,7 +566,11 @@ impl Ledger {
         let settlement = Settlement {
             business_date: date.to_yyyymmdd(),
             settled_at_ms: self.shared.config.clock.now_ms(),
-            first_transfer_id: if transfers.is_empty() { 0 } else { control.next_transfer_id },
+            first_transfer_id: if transfers.is_empty() {
+                0
+            } else {
+                control.tail.next_transfer_id()
+            },
             transfer_count: u32::try_from(transfers.len()).expect("two transfers per merchant"),
             merchants,
         };

@@ -65,19 +65,17 @@ impl Ledger {
             return Ok(());
         }
         let now = self.shared.config.clock.now_ms();
-        let date = self.shared.date_at(now).max(
-            BusinessDate::from_yyyymmdd(control.last_date)
-                .unwrap_or(BusinessDate::from_unix_days(0)),
-        );
+        let date = control.tail.date_for(self.shared.date_at(now));
+        let first_transfer_id = control.tail.next_transfer_id();
         let batch = Batch {
-            number: control.next_batch,
+            number: control.tail.next_batch(),
             business_date: date,
             committed_at_ms: now,
-            first_transfer_id: control.next_transfer_id,
+            first_transfer_id,
             transfers: (0u64..)
                 .zip(transfers)
                 .map(|(offset, t)| Transfer {
-                    id: control.next_transfer_id + offset,
+                    id: first_transfer_id + offset,
                     debit: t.debit,
                     credit: t.credit,
                     amount_fen: t.amount_fen,
@@ -96,20 +94,11 @@ impl Ledger {
             seal: None,
         };
         let postings = Postings::of(date, &batch.transfers, &batch.entries);
-        let key = batch_key(batch.first_transfer_id, batch.number);
+        let key = control.tail.key();
         let journal = store.cf(&journal_cf(CONTROL_JOURNAL));
-        let (record, seal) =
-            batch.view().encode_sealed(&self.shared.chain.key, CONTROL_JOURNAL, &control.last_seal);
-        write.put_cf(journal, key, record);
-        if control.last_date != date.to_yyyymmdd() {
-            let day = prefixed_key(shard_key::DAY_START, &date.to_yyyymmdd().to_be_bytes());
-            write.put_cf(journal, day, key);
-        }
+        let tail = control.tail.append(&self.shared.chain.key, &batch.view(), &mut write, journal);
         store.write_synced(CONTROL_JOURNAL, write)?;
-        control.next_transfer_id = batch.next_transfer_id();
-        control.next_batch += 1;
-        control.last_date = date.to_yyyymmdd();
-        control.last_seal = seal;
+        control.tail = tail;
         self.shared.totals().apply(&postings);
         // Sent under the control mutex, so the control journal's batches reach the
         // checkpointer in commit order.

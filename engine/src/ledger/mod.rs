@@ -66,13 +66,12 @@ use crate::cards::{
     AccountRecord, AccountState, CardAccount, CardEntry, CardMoney, CardTable, CardType,
     LimitOverrides, Limits, PinHash,
 };
-use crate::chain::{ChainError, ChainStarts, Seal};
+use crate::chain::{ChainError, ChainStarts};
 use crate::checkpoint::{Committed, Intervals, Message, RecoverError};
 use crate::date::{BusinessDate, now_ms};
 use crate::directory::{Directory, MerchantCategory, MerchantRecord, Terminal, TerminalRecord};
 use crate::journal::{
-    Batch, CHECKPOINT_JOURNAL, CONTROL_JOURNAL, Entry, Transfer, TransferKind, batch_key,
-    first_transfer_id, journal_of,
+    Batch, CHECKPOINT_JOURNAL, CONTROL_JOURNAL, Entry, Tail, Transfer, TransferKind, journal_of,
 };
 use crate::limits::{
     CHECKPOINT_QUEUE_BATCHES_MAX, NAME_BYTES_MAX, SHARD_QUEUE_REQUESTS_MAX, STATEMENT_PAGE_MAX,
@@ -113,16 +112,12 @@ pub struct ShardHealth {
 /// Counters the control journal hands out.
 #[derive(Debug)]
 pub(crate) struct ControlState {
-    pub next_transfer_id: u64,
-    next_batch: u64,
+    /// Where the control journal stands after its last durable batch.
+    pub tail: Tail,
     next_account: u64,
     next_merchant: u32,
     next_terminal: u32,
     blacklist_version: u64,
-    /// The business date of the control journal's last batch, `yyyymmdd` (0: none).
-    last_date: u32,
-    /// The seal of the control journal's last batch, which the next one follows.
-    last_seal: Seal,
 }
 
 /// What the control plane keeps beside the state every thread shares: the audit log,

@@ -28,14 +28,11 @@ impl Ledger {
         let directory = Directory::default();
         let cards = CardTable::default();
         let mut control = ControlState {
-            next_transfer_id: first_transfer_id(CONTROL_JOURNAL),
-            next_batch: 1,
+            tail: Tail::after(CONTROL_JOURNAL, None),
             next_account: 1,
             next_merchant: 1,
             next_terminal: 1,
             blacklist_version: 0,
-            last_date: 0,
-            last_seal: Seal::GENESIS,
         };
         Self::load_control(
             &store,
@@ -47,13 +44,8 @@ impl Ledger {
         )?;
         let chain =
             crate::chain::load_or_store(&store, &config.master_key, || chain_starts(&store))?;
-        if let Some(last) = last_batch(&store, CONTROL_JOURNAL)? {
-            control.next_transfer_id = last.next_transfer_id();
-            control.next_batch = last.number + 1;
-            control.last_date = last.business_date.to_yyyymmdd();
-            control.last_seal = last.seal.unwrap_or(Seal::GENESIS);
-        }
-        let control_date = BusinessDate::from_yyyymmdd(control.last_date);
+        control.tail = Tail::after(CONTROL_JOURNAL, last_batch(&store, CONTROL_JOURNAL)?.as_ref());
+        let control_date = control.tail.last_date();
         let shards = store.shards();
         let blacklist_version = control.blacklist_version;
         let audit = AuditLog::open(&store, chain.key.clone())?;
@@ -103,7 +95,7 @@ impl Ledger {
         let mut recovered_shards = Vec::new();
         for shard in 0..shards {
             let recovered = recover_shard(&shared, shard)?;
-            if let Some(last) = BusinessDate::from_yyyymmdd(recovered.last_date) {
+            if let Some(last) = recovered.tail.last_date() {
                 open = open.max(last);
             }
             recovered_shards.push(recovered);
@@ -315,13 +307,7 @@ pub(super) fn recover_shard(shared: &Shared, shard: u8) -> Result<RecoveredShard
         }
         windows.insert(terminal_id, window);
     }
-    Ok(RecoveredShard {
-        next_transfer_id: last.as_ref().map_or(first_transfer_id(shard), Batch::next_transfer_id),
-        next_batch: last.as_ref().map_or(1, |batch| batch.number + 1),
-        last_date: last.as_ref().map_or(0, |batch| batch.business_date.to_yyyymmdd()),
-        last_seal: last.as_ref().and_then(|batch| batch.seal).unwrap_or(Seal::GENESIS),
-        windows,
-    })
+    Ok(RecoveredShard { tail: Tail::after(shard, last.as_ref()), windows })
 }
 
 /// Every settled business date, from the settlement records' keys: read once, when the

@@ -62,12 +62,11 @@ use tokio::sync::oneshot;
 
 use crate::account::AccountId;
 use crate::cards::{AccountState, CardAccount, CardEntry};
-use crate::chain::Seal;
 use crate::checkpoint::Committed;
 use crate::date::BusinessDate;
 use crate::directory::{MerchantCategory, Terminal};
 use crate::journal::{
-    Batch, BatchView, Entry, Transfer, TransferKind, batch_key, journal_of, read_transfer,
+    Batch, BatchView, Entry, Tail, Transfer, TransferKind, journal_of, read_transfer,
 };
 use crate::limits::{
     BATCH_REQUESTS_MAX, PIN_FAILURES_MAX, RECENT_BATCHES_MAX, RETRY_WINDOW_REQUESTS,
@@ -198,11 +197,8 @@ pub(crate) struct ShardWriter {
     id: u8,
     shared: Arc<Shared>,
     queue: Receiver<Command>,
-    next_transfer_id: u64,
-    next_batch: u64,
-    last_date: u32,
-    /// The seal of the journal's last batch, which the next one follows.
-    last_seal: Seal,
+    /// Where the shard's journal stands after its last durable batch.
+    tail: Tail,
     windows: HashMap<u32, TerminalWindow>,
     stats: Arc<ShardStats>,
     /// First transfer id → key of the batches committed since the ledger opened (at
@@ -225,10 +221,7 @@ impl ShardWriter {
             id,
             shared,
             queue,
-            next_transfer_id: recovered.next_transfer_id,
-            next_batch: recovered.next_batch,
-            last_date: recovered.last_date,
-            last_seal: recovered.last_seal,
+            tail: recovered.tail,
             windows: recovered.windows,
             stats,
             recent_batches: BTreeMap::new(),
@@ -265,14 +258,12 @@ impl ShardWriter {
         let gate = Arc::clone(&self.stats);
         let _deciding = gate.batch_gate.lock().unwrap_or_else(PoisonError::into_inner);
         let now_ms = self.shared.config.clock.now_ms();
-        let date = self.shared.date_at(now_ms).max(
-            BusinessDate::from_yyyymmdd(self.last_date).unwrap_or(BusinessDate::from_unix_days(0)),
-        );
+        let date = self.tail.date_for(self.shared.date_at(now_ms));
         let mut work = Work {
             date,
             now_ms,
-            key: batch_key(self.next_transfer_id, self.next_batch),
-            first_transfer_id: self.next_transfer_id,
+            key: self.tail.key(),
+            first_transfer_id: self.tail.next_transfer_id(),
             transfers: Vec::with_capacity(commands.len() * 2),
             entries: Vec::with_capacity(commands.len()),
             replies: Vec::with_capacity(commands.len()),
@@ -294,9 +285,9 @@ impl ShardWriter {
         let committed =
             if work.entries.is_empty() { Ok(None) } else { self.commit(&work).map(Some) };
         match committed {
-            Ok(seal) => {
-                if let Some(seal) = seal {
-                    self.last_seal = seal;
+            Ok(tail) => {
+                if let Some(tail) = tail {
+                    self.tail = tail;
                 }
                 self.shared.totals().apply(&postings);
                 for movement in &work.held {
@@ -311,18 +302,13 @@ impl ShardWriter {
                         self.recent_batches.pop_first();
                     }
                 }
-                if !work.entries.is_empty() {
-                    self.next_transfer_id = work.next_id();
-                    self.next_batch += 1;
-                    self.last_date = date.to_yyyymmdd();
-                }
                 self.count_committed(&work, requests);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.transfers.fetch_add(work.transfers.len() as u64, Ordering::Relaxed);
                 self.stats.requests.fetch_add(requests, Ordering::Relaxed);
                 // Queued for the checkpointer before anyone is answered, so that a flush
                 // asked for after an answer includes its batch.
-                if seal.is_some() {
+                if tail.is_some() {
                     self.shared.checkpoint(Committed { journal: self.id, key: work.key, postings });
                 }
                 for (reply, _, answer) in work.replies {
@@ -350,26 +336,22 @@ impl ShardWriter {
         }
     }
 
-    /// Writes the batch and everything it changes in one write; returns its seal.
-    fn commit(&self, work: &Work) -> Result<Seal, StorageError> {
+    /// Writes the batch and everything it changes in one write; returns the journal's
+    /// tail after it.
+    fn commit(&self, work: &Work) -> Result<Tail, StorageError> {
         let started = Instant::now();
         let store = &self.shared.store;
         let journal = store.cf(&self.journal);
         let batch = BatchView {
-            number: self.next_batch,
+            number: self.tail.next_batch(),
             business_date: work.date,
             committed_at_ms: work.now_ms,
             first_transfer_id: work.first_transfer_id,
             transfers: &work.transfers,
             entries: &work.entries,
         };
-        let (record, seal) = batch.encode_sealed(&self.shared.chain.key, self.id, &self.last_seal);
         let mut write = WriteBatch::default();
-        write.put_cf(journal, work.key, record);
-        if self.last_date != work.date.to_yyyymmdd() {
-            let key = prefixed_key(shard_key::DAY_START, &work.date.to_yyyymmdd().to_be_bytes());
-            write.put_cf(journal, key, work.key);
-        }
+        let tail = self.tail.append(&self.shared.chain.key, &batch, &mut write, journal);
         for (id, mark) in &work.sale_marks {
             let key = prefixed_key(shard_key::SALE_MARK, &id.to_be_bytes());
             write.put_cf(journal, key, mark.encode());
@@ -395,7 +377,7 @@ impl ShardWriter {
         self.shared.metrics.commit_seconds.observe(elapsed.as_secs_f64());
         let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.stats.commit_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
-        Ok(seal)
+        Ok(tail)
     }
 
     /// Records a committed batch in the metrics: its size and its transfers by kind.
@@ -558,10 +540,7 @@ pub(crate) fn refusal_of(message_type: MessageType, code: AnswerCode) -> Answer 
 
 /// What opening a shard recovered from disk.
 pub(crate) struct RecoveredShard {
-    pub next_transfer_id: u64,
-    pub next_batch: u64,
-    pub last_date: u32,
-    /// The seal of the journal's last batch ([`Seal::GENESIS`] if it has none sealed).
-    pub last_seal: Seal,
+    /// Where the journal stands after its last batch on disk.
+    pub tail: Tail,
     pub windows: HashMap<u32, TerminalWindow>,
 }
