@@ -49,8 +49,8 @@ use std::time::Instant;
 
 use crossbeam::channel::Receiver;
 use onecard_protocol::message::{
-    BalanceAnswer, OfflineRecord, OfflineResult, OfflineUploadAnswer, Purchase, Refund, Reject,
-    Reversal, TopUp, TransferAnswer,
+    BalanceAnswer, BalanceInquiry, OfflineRecord, OfflineResult, OfflineUpload,
+    OfflineUploadAnswer, Purchase, Refund, Reject, Reversal, TopUp, TransferAnswer,
 };
 use onecard_protocol::pin::PIN_KEY_LABEL;
 use onecard_protocol::{
@@ -77,9 +77,10 @@ use crate::storage::StorageError;
 use crate::store::{journal_cf, prefixed_key, shard_key};
 pub(crate) use crate::terminal_state::TerminalState;
 
-/// A terminal request as the front door hands it to the ledger.
+/// A terminal request as the front door hands it to the ledger (`R` = [`Request`]),
+/// or as the ledger hands a transaction to its shard (`R` = [`Transaction`]).
 #[derive(Debug, Clone)]
-pub struct Submission {
+pub struct Submission<R = Request> {
     /// The terminal, from the frame header (its MAC already verified).
     pub terminal_id: u32,
     /// The request's terminal sequence, from the frame header.
@@ -87,12 +88,48 @@ pub struct Submission {
     /// The MAC algorithm of the frame, which also keys the PIN block.
     pub mac_algorithm: MacAlgorithm,
     /// The request.
-    pub request: Request,
+    pub request: R,
 }
 
-/// A request on its way to a shard, with where its answer goes.
+/// A request a shard decides in a batch: one that moves money or reads a purse under
+/// its card's lock, and is retained in the terminal's retry window. Session messages
+/// (sign-on, heartbeat, blacklist download, sign-off) are never one: the ledger
+/// answers them at once from memory ([`crate::Ledger::submit`]), and this type keeps
+/// them out of every shard's queue.
+#[derive(Debug, Clone)]
+pub enum Transaction {
+    /// A sale.
+    Purchase(Purchase),
+    /// Money onto a card at a top-up point.
+    TopUp(TopUp),
+    /// A card's purses and state, read at the terminal.
+    BalanceInquiry(BalanceInquiry),
+    /// A sale given back, whole or in part.
+    Refund(Refund),
+    /// A terminal's own request taken back.
+    Reversal(Reversal),
+    /// Sales made while the terminal was offline.
+    OfflineUpload(OfflineUpload),
+}
+
+impl Transaction {
+    /// The request's message type.
+    #[must_use]
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Self::Purchase(_) => MessageType::Purchase,
+            Self::TopUp(_) => MessageType::TopUp,
+            Self::BalanceInquiry(_) => MessageType::BalanceInquiry,
+            Self::Refund(_) => MessageType::Refund,
+            Self::Reversal(_) => MessageType::Reversal,
+            Self::OfflineUpload(_) => MessageType::OfflineUpload,
+        }
+    }
+}
+
+/// A transaction on its way to its shard, with where its answer goes.
 pub(crate) struct Command {
-    pub submission: Submission,
+    pub submission: Submission<Transaction>,
     /// The submitting terminal, as looked up once when the request was routed.
     pub terminal: Arc<Terminal>,
     pub reply: oneshot::Sender<Answer>,
@@ -248,7 +285,8 @@ impl ShardWriter {
         let requests = commands.len() as u64;
         if self.shared.store.is_poisoned(self.id) {
             for command in commands.drain(..) {
-                let answer = refusal(&command.submission.request, AnswerCode::ServiceUnavailable);
+                let message_type = command.submission.request.message_type();
+                let answer = refusal_of(message_type, AnswerCode::ServiceUnavailable);
                 let _ = command.reply.send(answer);
             }
             return;
@@ -398,21 +436,27 @@ impl ShardWriter {
         }
     }
 
-    fn decide(&mut self, work: &mut Work, terminal: &Terminal, submission: &Submission) -> Answer {
+    fn decide(
+        &mut self,
+        work: &mut Work,
+        terminal: &Terminal,
+        submission: &Submission<Transaction>,
+    ) -> Answer {
         let request = &submission.request;
+        let refusal = |code| refusal_of(request.message_type(), code);
         if terminal.shard != self.id {
-            return refusal(request, AnswerCode::ServiceUnavailable);
+            return refusal(AnswerCode::ServiceUnavailable);
         }
         if !terminal.is_enabled() {
-            return refusal(request, AnswerCode::TerminalDisabled);
+            return refusal(AnswerCode::TerminalDisabled);
         }
         let sequence = submission.sequence;
         let window = self.windows.entry(terminal.id).or_default();
         if sequence <= window.last_sequence {
             return match window.find(sequence) {
-                Some(entry) if entry.tombstone => refusal(request, AnswerCode::AlreadyReversed),
+                Some(entry) if entry.tombstone => refusal(AnswerCode::AlreadyReversed),
                 Some(entry) => entry.answer(true),
-                None => refusal(request, AnswerCode::StaleSequence),
+                None => refusal(AnswerCode::StaleSequence),
             };
         }
         if self.names_card_in_doubt(request) {
@@ -420,21 +464,20 @@ impl ShardWriter {
             // sequence is decided afresh. A debit that was already waiting for the
             // account's lock when a failed write marked it is refused under
             // the lock instead, and that refusal is retained.
-            return refusal(request, AnswerCode::ServiceUnavailable);
+            return refusal(AnswerCode::ServiceUnavailable);
         }
         let entries_before = work.entries.len();
         let mut retained = match request {
-            Request::Purchase(purchase) => self.purchase(work, terminal, submission, purchase),
-            Request::TopUp(top_up) => self.top_up(work, terminal, sequence, top_up),
-            Request::BalanceInquiry(inquiry) => {
+            Transaction::Purchase(purchase) => self.purchase(work, terminal, submission, purchase),
+            Transaction::TopUp(top_up) => self.top_up(work, terminal, sequence, top_up),
+            Transaction::BalanceInquiry(inquiry) => {
                 self.inquiry(work, terminal, sequence, inquiry.card_number)
             }
-            Request::Refund(refund) => self.refund(work, terminal, sequence, refund),
-            Request::Reversal(reversal) => self.reversal(work, terminal, sequence, reversal),
-            Request::OfflineUpload(upload) => {
+            Transaction::Refund(refund) => self.refund(work, terminal, sequence, refund),
+            Transaction::Reversal(reversal) => self.reversal(work, terminal, sequence, reversal),
+            Transaction::OfflineUpload(upload) => {
                 self.offline(work, terminal, sequence, &upload.records)
             }
-            _ => return refusal(request, AnswerCode::UnknownMessageType),
         };
         if work.entries.len() > entries_before {
             retained.batch = Some(work.key);
@@ -449,18 +492,17 @@ impl ShardWriter {
 
     /// Whether the request names a card whose account a failed write left in
     /// doubt ([`crate::cards::CardAccount::in_doubt`]). One atomic load while none is.
-    fn names_card_in_doubt(&self, request: &Request) -> bool {
+    fn names_card_in_doubt(&self, request: &Transaction) -> bool {
         let cards = &self.shared.cards;
         match request {
-            Request::Purchase(purchase) => cards.card_in_doubt(purchase.card_number),
-            Request::TopUp(top_up) => cards.card_in_doubt(top_up.card_number),
-            Request::BalanceInquiry(inquiry) => cards.card_in_doubt(inquiry.card_number),
-            Request::Refund(refund) => cards.card_in_doubt(refund.card_number),
-            Request::Reversal(reversal) => cards.card_in_doubt(reversal.card_number),
-            Request::OfflineUpload(upload) => {
+            Transaction::Purchase(purchase) => cards.card_in_doubt(purchase.card_number),
+            Transaction::TopUp(top_up) => cards.card_in_doubt(top_up.card_number),
+            Transaction::BalanceInquiry(inquiry) => cards.card_in_doubt(inquiry.card_number),
+            Transaction::Refund(refund) => cards.card_in_doubt(refund.card_number),
+            Transaction::Reversal(reversal) => cards.card_in_doubt(reversal.card_number),
+            Transaction::OfflineUpload(upload) => {
                 upload.records.iter().any(|record| cards.card_in_doubt(record.card_number))
             }
-            _ => false,
         }
     }
 

@@ -7,7 +7,7 @@ impl ShardWriter {
         &self,
         work: &mut Work,
         terminal: &Terminal,
-        submission: &Submission,
+        submission: &Submission<Transaction>,
         purchase: &Purchase,
     ) -> WindowEntry {
         let sequence = submission.sequence;

@@ -46,7 +46,7 @@ pub(super) fn debit_purchase(
     state: &mut AccountState,
     card: &CardEntry,
     terminal: &Terminal,
-    submission: &Submission,
+    submission: &Submission<Transaction>,
     purchase: &Purchase,
     date: BusinessDate,
 ) -> Result<Debit, AnswerCode> {
@@ -99,7 +99,7 @@ pub(super) fn take(state: &mut AccountState, fen: i64, utility: bool) -> Option<
 pub(super) fn check_pin(
     state: &mut AccountState,
     terminal: &Terminal,
-    submission: &Submission,
+    submission: &Submission<Transaction>,
     purchase: &Purchase,
 ) -> Result<(), AnswerCode> {
     let Some(block) = purchase.pin_block else {
