@@ -63,3 +63,87 @@ pub use date::BusinessDate;
 pub use ledger::{ControlError, Cutover, Ledger, LedgerConfig, LedgerError, OpenCard, SubsidyRow};
 pub use shard::Submission;
 pub use verify::VerifyReport;
+
+#[cfg(test)]
+mod layers {
+    //! The engine's modules import each other in one direction (docs/ARCHITECTURE.md,
+    //! "The engine's modules, lowest first"): this reads every source file's
+    //! `crate::` paths and fails on the first circle.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// Top-level module → the top-level modules its code names.
+    fn imports() -> BTreeMap<String, BTreeSet<String>> {
+        fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("reads the source directory") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    walk(&path, files);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        let module = |path: &Path| {
+            let relative = path.strip_prefix(&src).expect("under src");
+            let first = relative.components().next().expect("a component");
+            first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned()
+        };
+        let modules: BTreeSet<String> =
+            files.iter().map(|path| module(path)).filter(|m| m != "lib").collect();
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for path in &files {
+            let from = module(path);
+            if from == "lib" {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).expect("reads a source file");
+            let named = graph.entry(from.clone()).or_default();
+            for line in text.lines().filter(|line| !line.trim_start().starts_with("//")) {
+                for (at, _) in line.match_indices("crate::") {
+                    let rest = &line[at + "crate::".len()..];
+                    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+                    let to = &rest[..end.unwrap_or(rest.len())];
+                    if to != from && modules.contains(to) {
+                        named.insert(to.to_owned());
+                    }
+                }
+            }
+        }
+        graph
+    }
+
+    #[test]
+    fn no_two_modules_import_each_other_even_round_a_circle() {
+        let graph = imports();
+        assert!(graph["shard"].contains("shared"), "the walk sees imports: {graph:?}");
+        // Depth-first, keeping the path: a module met again on it closes a circle.
+        fn visit<'a>(
+            graph: &'a BTreeMap<String, BTreeSet<String>>,
+            module: &'a str,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) {
+            if done.contains(module) {
+                return;
+            }
+            if let Some(at) = path.iter().position(|m| *m == module) {
+                panic!("a circle of imports: {} -> {module}", path[at..].join(" -> "));
+            }
+            path.push(module);
+            for next in graph.get(module).into_iter().flatten() {
+                visit(graph, next, path, done);
+            }
+            path.pop();
+            done.insert(module);
+        }
+        let mut done = BTreeSet::new();
+        for module in graph.keys() {
+            visit(&graph, module, &mut Vec::new(), &mut done);
+        }
+    }
+}
