@@ -45,6 +45,10 @@ pub enum StorageError {
     /// An earlier write of this journal failed; it takes none until restart.
     #[error("an earlier write failed; the journal takes no writes until restart")]
     Poisoned,
+    /// A cell's log did not commit the write: this node is not the leader, lost its
+    /// majority, or waited past its limit. The write may still commit later.
+    #[error("not replicated: {0}")]
+    NotReplicated(String),
 }
 
 /// How durable a write is when it returns.
@@ -84,6 +88,22 @@ pub trait Storage: Send + Sync + fmt::Debug {
         batch: WriteBatch,
         durability: Durability,
     ) -> Result<(), StorageError>;
+}
+
+/// Where a cell's leader sends its durable writes: the replicated log
+/// (`onecard-cluster`). [`Replicate::replicate`] returns once the write is durable on a
+/// majority of the cell's nodes and applied to this node's store (through
+/// [`crate::store::Store::apply_replicated`]), or fails, and then nothing may be
+/// answered as approved on its strength.
+pub trait Replicate: Send + Sync + fmt::Debug {
+    /// Replicates `batch` (its RocksDB bytes) for `journal`. Whatever durability a
+    /// single node would have asked of its disk, a replicated write is durable once its
+    /// log entry is: every node applies it to its store logged but unsynced, with the
+    /// entry's position in the same write.
+    ///
+    /// # Errors
+    /// [`StorageError::NotReplicated`] if the write is not known to be committed.
+    fn replicate(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError>;
 }
 
 /// RocksDB itself.

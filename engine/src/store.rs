@@ -6,7 +6,7 @@
 //!
 //! | column family | keys |
 //! |---|---|
-//! | `meta` | format version, shard count, business date |
+//! | `meta` | format version, shard count, business date; on a cell's node, the log position applied |
 //! | `control` | cards, card accounts, merchants, terminals, blacklist |
 //! | `balances` | every account's balance as of each journal's watermark, kept beside them |
 //! | `journal-N` | shard N's batches, terminal state, refund marks, offline records |
@@ -19,17 +19,20 @@
 use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, MergeOperands, Options,
     WriteBatch, WriteBufferManager,
 };
 
+use sha2::{Digest, Sha256};
+
 use crate::cards::CardMoney;
 use crate::limits::{BLOCK_CACHE_BYTES, MEMTABLE_BYTES_MAX, SHARDS_MAX};
 use crate::storage::{
-    CHECKPOINT_JOURNAL, CONTROL_JOURNAL, Durability, FaultInjecting, FaultPlan, Rocks, Storage,
-    StorageError,
+    CHECKPOINT_JOURNAL, CONTROL_JOURNAL, Durability, FaultInjecting, FaultPlan, Replicate, Rocks,
+    Storage, StorageError,
 };
 
 /// Bits of a transfer id below the shard byte.
@@ -104,6 +107,10 @@ pub const KEY_CLOSED_THROUGH: &[u8] = b"closed_through";
 /// Key of the card-pool control total in `balances`: the sum of every card movement
 /// ever committed, kept beside the per-card balances so `verify` can compare them.
 pub const KEY_CARD_POOL: &[u8] = b"card_pool";
+/// In `meta`, on a node of a cell: the position of the last log entry applied to this
+/// store and the cell's membership at it (`onecard-cluster` encodes it), written in
+/// the same write as the entry's batch.
+pub const KEY_REPLICATED_THROUGH: &[u8] = b"replicated_through";
 
 /// The first byte of a watermark key, after every account id and index key.
 pub const WATERMARK_PREFIX: u8 = 0xFF;
@@ -238,6 +245,9 @@ pub struct Store {
     /// Per journal: a write failed, so it takes none until restart. Shards by number,
     /// then the control journal.
     poisoned: Vec<AtomicBool>,
+    /// Set on a node of a cell: every write after it goes through the cell's log,
+    /// and reaches this store through [`Store::apply_replicated`].
+    replicator: OnceLock<Arc<dyn Replicate>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -345,6 +355,7 @@ impl Store {
             families: names,
             door: FaultInjecting::new(Rocks),
             poisoned: (0..=shards + 1).map(|_| AtomicBool::new(false)).collect(),
+            replicator: OnceLock::new(),
         };
         let meta = store.cf(CF_META);
         match store.db.get_cf(meta, KEY_FORMAT_VERSION).map_err(rocks)? {
@@ -546,13 +557,89 @@ impl Store {
         if poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned);
         }
-        let written = self.door.write(&self.db, journal, batch, durability);
+        let written = match self.replicator.get() {
+            Some(replicator) => replicator.replicate(journal, batch),
+            None => self.door.write(&self.db, journal, batch, durability),
+        };
         if let Err(error) = &written {
             poisoned.store(true, Ordering::Release);
             let journal = journal_label(journal);
             tracing::error!(journal, %error, "write failed; the journal takes no more writes");
         }
         written
+    }
+
+    /// Sends every later write through `replicator`: this store is a cell's. Set once,
+    /// before the ledger opens on the store.
+    ///
+    /// # Errors
+    /// Gives `replicator` back if one is already set.
+    pub fn replicate_through(
+        &self,
+        replicator: Arc<dyn Replicate>,
+    ) -> Result<(), Arc<dyn Replicate>> {
+        self.replicator.set(replicator)
+    }
+
+    /// Applies a committed entry of the cell's log: `batch` as its writer's store wrote
+    /// it, with the entry's position already added by the caller. Logged and unsynced
+    /// (the log entry is what is durable), through the fault door, and never through
+    /// the replicator: this is the write the replicator waits for.
+    ///
+    /// # Errors
+    /// [`StorageError`] if RocksDB refuses the write; the journal is poisoned.
+    pub fn apply_replicated(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError> {
+        let poisoned = self.poison_flag(journal);
+        if poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
+        let written = self.door.write(&self.db, journal, batch, Durability::Logged);
+        if written.is_err() {
+            poisoned.store(true, Ordering::Release);
+        }
+        written
+    }
+
+    /// A fingerprint of the store's column families in the order they were opened,
+    /// which for a store this build created is the order RocksDB numbered them in. A
+    /// write batch names families by number, so a replicated batch is applied only to
+    /// a store with the writer's fingerprint.
+    #[must_use]
+    pub fn families_fingerprint(&self) -> u64 {
+        let mut hasher = Sha256::new();
+        for name in &self.families {
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+        }
+        let digest = hasher.finalize();
+        u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
+    }
+
+    /// SHA-256 over every key and value of every family, families by name: two stores
+    /// with the same hash hold the same data. What a cell's nodes compare at the same
+    /// applied position.
+    ///
+    /// # Errors
+    /// A failed read.
+    pub fn state_hash(&self) -> Result<[u8; 32], rocksdb::Error> {
+        let mut names = self.families.clone();
+        names.sort();
+        let mut hasher = Sha256::new();
+        for name in &names {
+            hasher.update((name.len() as u64).to_be_bytes());
+            hasher.update(name.as_bytes());
+            let mut iter = self.db.raw_iterator_cf(self.cf(name));
+            iter.seek_to_first();
+            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                hasher.update((key.len() as u64).to_be_bytes());
+                hasher.update(key);
+                hasher.update((value.len() as u64).to_be_bytes());
+                hasher.update(value);
+                iter.next();
+            }
+            iter.status()?;
+        }
+        Ok(hasher.finalize().into())
     }
 
     /// [`Store::write`], synced.
@@ -738,5 +825,47 @@ mod tests {
         assert_eq!(CardMoney::decode(&value).map(|m| (m.balance_fen, m.spent_fen)), Some((20, 8)));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Sends every write it is given to another store, as a cell's log would after
+    /// committing it.
+    #[derive(Debug)]
+    struct ToReplica(Arc<Store>, std::sync::Mutex<u32>);
+
+    impl Replicate for ToReplica {
+        fn replicate(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError> {
+            *self.1.lock().expect("not poisoned") += 1;
+            self.0.apply_replicated(journal, WriteBatch::from_data(batch.data()))
+        }
+    }
+
+    #[test]
+    fn a_replicated_store_writes_through_its_replicator_and_the_replica_hashes_alike() {
+        let (dir_a, dir_b) = (temp_dir("replicated-a"), temp_dir("replicated-b"));
+        let leader = Store::open(&dir_a, 2).expect("creates");
+        let replica = Arc::new(Store::open(&dir_b, 2).expect("creates"));
+        assert_eq!(leader.families_fingerprint(), replica.families_fingerprint());
+        assert_eq!(leader.state_hash().expect("hashes"), replica.state_hash().expect("hashes"));
+        let sent = Arc::new(ToReplica(Arc::clone(&replica), std::sync::Mutex::new(0)));
+        assert!(leader.replicate_through(Arc::clone(&sent) as Arc<dyn Replicate>).is_ok());
+        assert!(leader.replicate_through(sent.clone()).is_err(), "set once");
+        let mut batch = WriteBatch::default();
+        batch.put_cf(leader.cf(CF_WORKFLOW), b"n", 7u64.to_be_bytes());
+        leader.write_synced(CONTROL_JOURNAL, batch).expect("replicates");
+        assert_eq!(*sent.1.lock().expect("not poisoned"), 1);
+        let read = |store: &Store| store.db().get_cf(store.cf(CF_WORKFLOW), b"n").expect("reads");
+        assert_eq!(read(&replica).as_deref(), Some(&7u64.to_be_bytes()[..]), "on the replica");
+        assert_eq!(read(&leader), None, "the leader's store is written only by the log's apply");
+        let mut own = WriteBatch::default();
+        own.put_cf(leader.cf(CF_WORKFLOW), b"n", 7u64.to_be_bytes());
+        leader.apply_replicated(CONTROL_JOURNAL, own).expect("applies");
+        assert_eq!(leader.state_hash().expect("hashes"), replica.state_hash().expect("hashes"));
+        let mut other = WriteBatch::default();
+        other.put_cf(replica.cf(CF_WORKFLOW), b"n", 8u64.to_be_bytes());
+        replica.apply_replicated(CONTROL_JOURNAL, other).expect("applies");
+        assert_ne!(leader.state_hash().expect("hashes"), replica.state_hash().expect("hashes"));
+        drop((leader, sent, replica));
+        let _ = std::fs::remove_dir_all(&dir_a);
+        let _ = std::fs::remove_dir_all(&dir_b);
     }
 }

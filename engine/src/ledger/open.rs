@@ -11,7 +11,16 @@ impl Ledger {
     /// [`LedgerError`] if the store will not open or holds a record this build cannot
     /// read.
     pub fn open(path: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
-        let store = Arc::new(Store::open(path, config.shards)?);
+        Self::open_on(Arc::new(Store::open(path, config.shards)?), config)
+    }
+
+    /// Opens the ledger on a store already open: a cell's node keeps its store open
+    /// while it follows (applying the log to it) and opens the ledger on it when it
+    /// is elected. `config.shards` is not used: the store has its own count.
+    ///
+    /// # Errors
+    /// As [`Ledger::open`].
+    pub fn open_on(store: Arc<Store>, config: LedgerConfig) -> Result<Self, LedgerError> {
         let recovered = crate::checkpoint::recover(&store)?;
         let db = store.db();
         let meta = store.cf(CF_META);
