@@ -1,0 +1,255 @@
+//! The cluster link: openraft's three calls (append, vote, snapshot chunk) between
+//! the nodes of a cell, over TCP.
+//!
+//! Each frame is a 4-byte big-endian length and a postcard body, at most
+//! [`FRAME_BYTES_MAX`] bytes. A node dials each peer once and keeps the connection;
+//! calls on it are one at a time, each answered in order. The link carries no
+//! terminal traffic and no secrets beyond the ledger's own records; it belongs on
+//! the card centre's private network between the cell's machines.
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::config::{CONNECT_TIMEOUT, FRAME_BYTES_MAX};
+use crate::{NodeAddress, NodeId, Raft, TypeConfig, decode, encode};
+
+/// A call from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+enum Call {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to a [`Call`], of the same kind.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(FRAME_BYTES_MAX).new_codec()
+}
+
+/// Dials the cell's peers on openraft's behalf.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddress) -> Peer {
+        Peer { target, address: node.addr.clone(), connection: None }
+    }
+}
+
+/// One peer, as seen from this node: dialled on first use and again after any
+/// failure.
+#[derive(Debug)]
+pub struct Peer {
+    target: NodeId,
+    address: String,
+    connection: Option<Framed<TcpStream, LengthDelimitedCodec>>,
+}
+
+/// Why a call did not get its answer.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("cannot reach node at {0}: {1}")]
+    Connect(String, String),
+    #[error("the call is {0} bytes, above the link's frame limit")]
+    TooLarge(usize),
+    #[error("link: {0}")]
+    Link(String),
+}
+
+impl Peer {
+    async fn connection(
+        &mut self,
+    ) -> Result<&mut Framed<TcpStream, LengthDelimitedCodec>, LinkError> {
+        if self.connection.is_none() {
+            let dial = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address));
+            let stream = match dial.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    return Err(LinkError::Connect(self.address.clone(), error.to_string()));
+                }
+                Err(_) => return Err(LinkError::Connect(self.address.clone(), "timed out".into())),
+            };
+            let _ = stream.set_nodelay(true);
+            self.connection = Some(Framed::new(stream, codec()));
+        }
+        self.connection.as_mut().ok_or_else(|| LinkError::Link("no connection".into()))
+    }
+
+    async fn call(&mut self, call: &Call, option: &RPCOption) -> Result<Reply, LinkError> {
+        let bytes = encode(call).map_err(|e| LinkError::Link(e.to_string()))?;
+        if bytes.len() > FRAME_BYTES_MAX {
+            return Err(LinkError::TooLarge(bytes.len()));
+        }
+        let exchanged = tokio::time::timeout(option.hard_ttl(), async {
+            let connection = self.connection().await?;
+            connection
+                .send(bytes::Bytes::from(bytes))
+                .await
+                .map_err(|e| LinkError::Link(e.to_string()))?;
+            match connection.next().await {
+                Some(Ok(frame)) => {
+                    decode::<Reply>(&frame).map_err(|e| LinkError::Link(e.to_string()))
+                }
+                Some(Err(error)) => Err(LinkError::Link(error.to_string())),
+                None => Err(LinkError::Link("the peer closed the connection".into())),
+            }
+        })
+        .await;
+        let answer = match exchanged {
+            Ok(answer) => answer,
+            Err(_) => Err(LinkError::Link(format!("no answer within {:?}", option.hard_ttl()))),
+        };
+        if answer.is_err() {
+            // The stream may hold half a frame or a late answer: start afresh.
+            self.connection = None;
+        }
+        answer
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        error: &LinkError,
+        entries: usize,
+    ) -> RPCError<NodeId, NodeAddress, E> {
+        match error {
+            LinkError::Connect(..) => RPCError::Unreachable(Unreachable::new(error)),
+            LinkError::TooLarge(_) => {
+                let fewer = u64::try_from(entries / 2).unwrap_or(1).max(1);
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fewer))
+            }
+            LinkError::Link(_) => RPCError::Network(NetworkError::new(error)),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&mut self) -> RPCError<NodeId, NodeAddress, E> {
+        self.connection = None;
+        let error = LinkError::Link("the peer answered a different call".into());
+        RPCError::Network(NetworkError::new(&error))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddress, RaftError<NodeId>>>
+    {
+        let entries = rpc.entries.len();
+        match self.call(&Call::Append(rpc), &option).await {
+            Ok(Reply::Append(Ok(answer))) => Ok(answer),
+            Ok(Reply::Append(Err(error))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
+            Ok(_) => Err(self.unexpected()),
+            Err(error) => Err(self.rpc_error(&error, entries)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeAddress, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(&Call::Snapshot(rpc), &option).await {
+            Ok(Reply::Snapshot(Ok(answer))) => Ok(answer),
+            Ok(Reply::Snapshot(Err(error))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
+            Ok(_) => Err(self.unexpected()),
+            Err(error) => Err(self.rpc_error(&error, 2)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddress, RaftError<NodeId>>> {
+        match self.call(&Call::Vote(rpc), &option).await {
+            Ok(Reply::Vote(Ok(answer))) => Ok(answer),
+            Ok(Reply::Vote(Err(error))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
+            Ok(_) => Err(self.unexpected()),
+            Err(error) => Err(self.rpc_error(&error, 2)),
+        }
+    }
+}
+
+/// Answers peers' calls on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, raft: Raft) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "cluster link: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(answer(stream, peer, raft.clone()));
+    }
+}
+
+async fn answer(stream: TcpStream, peer: SocketAddr, raft: Raft) {
+    let mut framed = Framed::new(stream, codec());
+    while let Some(frame) = framed.next().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "cluster link: a bad frame; closing");
+                return;
+            }
+        };
+        let call = match decode::<Call>(&frame) {
+            Ok(call) => call,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "cluster link: an unreadable call; closing");
+                return;
+            }
+        };
+        let reply = match call {
+            Call::Append(request) => Reply::Append(raft.append_entries(request).await),
+            Call::Vote(request) => Reply::Vote(raft.vote(request).await),
+            Call::Snapshot(request) => Reply::Snapshot(raft.install_snapshot(request).await),
+        };
+        let bytes = match encode(&reply) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%peer, %error, "cluster link: cannot encode a reply; closing");
+                return;
+            }
+        };
+        if framed.send(bytes::Bytes::from(bytes)).await.is_err() {
+            return;
+        }
+    }
+}
