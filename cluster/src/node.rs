@@ -64,7 +64,7 @@ pub struct Node {
     members: BTreeMap<NodeId, String>,
     link: JoinHandle<()>,
     address: SocketAddr,
-    runtime: tokio::runtime::Handle,
+    door: ReplicatedDoor,
 }
 
 impl std::fmt::Debug for Node {
@@ -108,13 +108,15 @@ impl Node {
         let raft = Raft::new(settings.id, Arc::new(config), Network, log, state_machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let families = slot.get().map_or(0, |store| store.families_fingerprint());
-        let runtime = tokio::runtime::Handle::current();
-        slot.set_door(Arc::new(ReplicatedDoor { raft: raft.clone(), runtime, families }));
+        let door = ReplicatedDoor {
+            raft: raft.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            families: slot.get().map_or(0, |store| store.families_fingerprint()),
+        };
+        slot.set_door(Arc::new(door.clone()));
         let link = tokio::spawn(serve(listener, raft.clone()));
         tracing::info!(node = settings.id, %address, cell = %settings.cell, "cell node started");
-        let runtime = tokio::runtime::Handle::current();
-        Ok(Self { id: settings.id, raft, slot, members: settings.members, link, address, runtime })
+        Ok(Self { id: settings.id, raft, slot, members: settings.members, link, address, door })
     }
 
     /// Founds the cell with its members, once: on a cell that already has a log this
@@ -179,9 +181,7 @@ impl Node {
     /// as the ledger's shard threads are.
     #[must_use]
     pub fn door(&self) -> ReplicatedDoor {
-        let families = self.store().map_or(0, |store| store.families_fingerprint());
-        let runtime = self.runtime.clone();
-        ReplicatedDoor { raft: self.raft.clone(), runtime, families }
+        self.door.clone()
     }
 
     /// Stops the node: its Raft, then its listener. Its directory stays as it is.

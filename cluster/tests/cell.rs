@@ -191,7 +191,9 @@ async fn a_cell_replicates_the_ledger_fails_over_and_loses_nothing_acknowledged(
     let follower = *cell.nodes.keys().find(|id| **id != first).expect("a follower");
     let refused = blocking({
         let door = cell.nodes[&follower].door();
-        move || door.write(onecard_engine::storage::CONTROL_JOURNAL, &rocksdb_batch())
+        move || {
+            door.write(onecard_engine::storage::CONTROL_JOURNAL, &rocksdb::WriteBatch::default())
+        }
     })
     .await;
     assert!(matches!(refused, Err(StorageError::NotReplicated(_))), "{refused:?}");
@@ -245,11 +247,6 @@ async fn a_cell_replicates_the_ledger_fails_over_and_loses_nothing_acknowledged(
     for node in std::mem::take(&mut cell.nodes).into_values() {
         node.shutdown().await;
     }
-}
-
-/// A write batch a follower's door is asked to replicate.
-fn rocksdb_batch() -> rocksdb::WriteBatch {
-    rocksdb::WriteBatch::default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

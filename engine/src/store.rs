@@ -553,14 +553,24 @@ impl Store {
         batch: WriteBatch,
         durability: Durability,
     ) -> Result<(), StorageError> {
+        self.poisoning(journal, || match self.replicator.get() {
+            Some(replicator) => replicator.replicate(journal, batch),
+            None => self.door.write(&self.db, journal, batch, durability),
+        })
+    }
+
+    /// Runs `write` for `journal` unless the journal is poisoned, and poisons it if
+    /// the write fails.
+    fn poisoning(
+        &self,
+        journal: u8,
+        write: impl FnOnce() -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let poisoned = self.poison_flag(journal);
         if poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned);
         }
-        let written = match self.replicator.get() {
-            Some(replicator) => replicator.replicate(journal, batch),
-            None => self.door.write(&self.db, journal, batch, durability),
-        };
+        let written = write();
         if let Err(error) = &written {
             poisoned.store(true, Ordering::Release);
             let journal = journal_label(journal);
@@ -589,15 +599,7 @@ impl Store {
     /// # Errors
     /// [`StorageError`] if RocksDB refuses the write; the journal is poisoned.
     pub fn apply_replicated(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError> {
-        let poisoned = self.poison_flag(journal);
-        if poisoned.load(Ordering::Acquire) {
-            return Err(StorageError::Poisoned);
-        }
-        let written = self.door.write(&self.db, journal, batch, Durability::Logged);
-        if written.is_err() {
-            poisoned.store(true, Ordering::Release);
-        }
-        written
+        self.poisoning(journal, || self.door.write(&self.db, journal, batch, Durability::Logged))
     }
 
     /// A fingerprint of the store's column families in the order they were opened,
