@@ -83,6 +83,13 @@ pub enum ClientError {
     /// The server refused the sign-on.
     #[error("sign-on refused: {0}")]
     SignOnRefused(AnswerCode),
+    /// The node does not lead its cell; it named the leader's terminal address (empty
+    /// while the cell elects one) and closed the connection. Nothing happened.
+    #[error("not the cell's leader; the leader is {leader:?}")]
+    Redirected {
+        /// The leader's terminal address, `host:port`, or empty.
+        leader: String,
+    },
     /// The connection is gone; requests still pending got no answer.
     #[error("connection closed: {reason}")]
     Disconnected {
@@ -239,6 +246,9 @@ impl TerminalClient {
         for _ in 0..2 {
             let answer = match client.call(request.clone()).await? {
                 Answer::SignOn(answer) => answer,
+                Answer::Redirect(redirect) => {
+                    return Err(ClientError::Redirected { leader: redirect.leader });
+                }
                 other => return Err(ClientError::SignOnRefused(other.code())),
             };
             match answer.code {
@@ -463,6 +473,9 @@ impl TerminalClient {
         };
         let expected = answer_type(request.message_type());
         let got = answer.message_type();
+        if let Answer::Redirect(redirect) = answer {
+            return Err(ClientError::Redirected { leader: redirect.leader });
+        }
         if got != expected && got != MessageType::Reject {
             return Err(ClientError::UnexpectedAnswer { sequence, expected, got: got.to_wire() });
         }
@@ -562,8 +575,10 @@ fn decode_answer(frame: &Frame, key: &MacKey) -> Result<Answer, AnswerError> {
     if !message_type.is_answer() {
         return Err(AnswerError::NotAnAnswer(message_type));
     }
-    // Only a Reject may come unsigned: it cannot make a terminal believe in money.
-    if !(message_type == MessageType::Reject && frame.is_unauthenticated()) {
+    // Only a Reject or a Redirect may come unsigned: neither can make a terminal
+    // believe in money.
+    let may_be_unsigned = matches!(message_type, MessageType::Reject | MessageType::Redirect);
+    if !(may_be_unsigned && frame.is_unauthenticated()) {
         frame.verify(key)?;
     }
     Ok(Answer::decode(message_type, &frame.body())?)

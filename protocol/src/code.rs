@@ -122,6 +122,9 @@ wire_enum! {
         /// server has seen; nothing happened. A sign-on's answer carries the last
         /// sequence to resume above.
         SequenceJump = 34,
+        /// This node of a cell does not lead it; the `Redirect` answer names the node
+        /// that does, if one is known. Nothing happened; sign on there.
+        NotLeader = 35,
     }
 }
 

@@ -51,7 +51,8 @@ impl Decoder for FrameCodec {
 }
 
 /// A message on its way out: the header fields, the body, and the key to sign it with
-/// (`None` only for a `Reject` to a terminal that cannot be authenticated).
+/// (`None` only for a `Reject` to a terminal that cannot be authenticated, or a
+/// follower's `Redirect`).
 #[derive(Debug, Clone, Copy)]
 pub struct Outgoing<'k, B> {
     /// Terminal id, sequence and timestamp.

@@ -177,7 +177,7 @@ impl Frame {
     }
 
     /// Whether this frame carries no MAC (algorithm `None`, all-zero MAC bytes). Only a
-    /// `Reject` may; see [`MacAlgorithm::None`].
+    /// `Reject` or a `Redirect` may; see [`MacAlgorithm::None`].
     #[must_use]
     pub fn is_unauthenticated(&self) -> bool {
         self.header.mac_algorithm_raw == MacAlgorithm::None.to_wire()
@@ -197,7 +197,7 @@ pub struct Envelope {
 }
 
 /// Appends one whole frame carrying `body` to `dst`, signed with `key`, or with no MAC
-/// when `key` is `None` (only for a `Reject`).
+/// when `key` is `None` (only for a `Reject` or a `Redirect`).
 ///
 /// # Errors
 /// [`EncodeError`] if the body does not fit a frame or breaks a limit; `dst` is then

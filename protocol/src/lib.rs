@@ -15,6 +15,8 @@
 //! - [`pin`] — PIN blocks for purchases above the no-PIN limit.
 //! - [`error`] — typed errors for everything the network can send.
 //! - [`client`] — [`TerminalClient`], an async pipelining terminal.
+//! - [`failover`] — [`CellClient`], a terminal of a cell: finds the leader, follows
+//!   redirects, and resends an unanswered request under its original sequence.
 //! - [`vectors`] — the specification's test vectors, checked against docs/PROTOCOL.md.
 //!
 //! No socket policy lives here: timeouts, connection caps and sign-on rules belong to
@@ -24,6 +26,7 @@ pub mod client;
 pub mod code;
 pub mod codec;
 pub mod error;
+pub mod failover;
 pub mod frame;
 pub mod limits;
 pub mod mac;
@@ -36,6 +39,7 @@ pub use client::{ClientConfig, ClientError, TerminalClient};
 pub use code::{AnswerCode, CardState, Channel, MealPeriod, snake_case};
 pub use codec::{FrameCodec, Outgoing};
 pub use error::{DecodeError, EncodeError, FrameError, MacError, PinError, SendError};
+pub use failover::CellClient;
 pub use frame::{Envelope, Frame, Header, VERSION};
 pub use mac::{MacAlgorithm, MacKey, TerminalKey};
 pub use message::{Answer, Body, MessageType, Request};

@@ -38,6 +38,9 @@ pub const BLACKLIST_ENTRIES_MAX: usize = 256;
 /// Bytes of a top-up's external reference (the channel's own order number).
 pub const EXTERNAL_REFERENCE_BYTES_MAX: usize = 32;
 
+/// Bytes of the leader's terminal address a `Redirect` carries (`host:port`, ASCII).
+pub const REDIRECT_ADDRESS_BYTES_MAX: usize = 64;
+
 /// Shortest PIN a cardholder may set.
 pub const PIN_DIGITS_MIN: usize = 4;
 
@@ -56,4 +59,5 @@ const _: () = assert!(PIN_DIGITS_MIN <= PIN_DIGITS_MAX);
 const _: () = assert!(PIN_DIGITS_MAX <= 14);
 const _: () = assert!(EXTERNAL_REFERENCE_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(OFFLINE_RECORDS_MAX <= u16::MAX as usize);
+const _: () = assert!(REDIRECT_ADDRESS_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(BLACKLIST_ENTRIES_MAX <= u16::MAX as usize);

@@ -22,8 +22,8 @@ pub const TERMINAL_KEY_BYTES: usize = 32;
 #[non_exhaustive]
 pub enum MacAlgorithm {
     /// No MAC: the 16 MAC bytes are zero. Only a server's `Reject` answer to a
-    /// terminal it cannot authenticate (unknown id) carries it; it is refused on
-    /// every other message.
+    /// terminal it cannot authenticate (unknown id) and a follower's `Redirect` carry
+    /// it; it is refused on every other message.
     None = 0,
     /// HMAC-SHA256 truncated to its first 16 bytes.
     HmacSha256 = 1,

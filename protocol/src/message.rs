@@ -1,7 +1,8 @@
 //! The messages: what a terminal asks and what the server answers.
 //!
 //! Every request type has one answer type, numbered `0x8000 | request type`; `Reject`
-//! (`0xFFFF`) answers a frame the server could not take as the request it claims to be.
+//! (`0xFFFF`) answers a frame the server could not take as the request it claims to be,
+//! and `Redirect` (`0xFFFE`) any frame sent to a node of a cell that does not lead it.
 //! Every answer body opens with its [`AnswerCode`]. Bodies have fixed layouts: a refused
 //! answer carries the same fields as an approved one, zero where nothing applies.
 //!
@@ -14,6 +15,7 @@ use crate::code::{AnswerCode, CardState, Channel, MealPeriod};
 use crate::error::{DecodeError, EncodeError};
 use crate::limits::{
     BLACKLIST_ENTRIES_MAX, BODY_BYTES_MAX, EXTERNAL_REFERENCE_BYTES_MAX, OFFLINE_RECORDS_MAX,
+    REDIRECT_ADDRESS_BYTES_MAX,
 };
 use crate::pin::{PIN_BLOCK_BYTES, PinBlock};
 use crate::wire::Reader;
@@ -66,6 +68,8 @@ pub enum MessageType {
     BlacklistDownloadAnswer = 0x8009,
     /// Answer to [`MessageType::SignOff`].
     SignOffAnswer = 0x800A,
+    /// A frame sent to a node that does not lead its cell: go to the leader.
+    Redirect = 0xFFFE,
     /// A frame refused before it could be taken as its request.
     Reject = 0xFFFF,
 }
@@ -93,6 +97,7 @@ impl MessageType {
         Self::OfflineUploadAnswer,
         Self::BlacklistDownloadAnswer,
         Self::SignOffAnswer,
+        Self::Redirect,
         Self::Reject,
     ];
 
@@ -128,6 +133,7 @@ impl MessageType {
             0x8008 => Self::OfflineUploadAnswer,
             0x8009 => Self::BlacklistDownloadAnswer,
             0x800A => Self::SignOffAnswer,
+            0xFFFE => Self::Redirect,
             0xFFFF => Self::Reject,
             other => return Err(DecodeError::UnknownMessageType(other)),
         })
@@ -463,6 +469,46 @@ pub struct Reject {
     pub refused_type: u16,
 }
 
+/// The answer of a node that does not lead its cell, to any frame: where the leader's
+/// terminal port is, if this node knows. Unsigned (a follower does not hold the
+/// terminal directory open): a terminal takes it as a hint, connects only to an
+/// address it was configured with, and trusts nothing until the leader's signed
+/// sign-on answer. The node closes the connection after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `NotLeader`.
+    pub code: AnswerCode,
+    /// The message type number the redirected frame carried.
+    pub refused_type: u16,
+    /// The leader's terminal address, `host:port` in printable ASCII; empty while the
+    /// cell has no leader (an election is under way: try another node, or wait).
+    pub leader: String,
+}
+
+impl Redirect {
+    /// A redirect to `leader` (empty if none is known).
+    ///
+    /// # Errors
+    /// [`EncodeError::InvalidValue`] if the address is longer than
+    /// [`REDIRECT_ADDRESS_BYTES_MAX`] or not printable ASCII.
+    pub fn new(refused_type: u16, leader: &str) -> Result<Self, EncodeError> {
+        check_address(leader.as_bytes())
+            .map_err(|reason| EncodeError::InvalidValue { field: "leader", reason })?;
+        Ok(Self { code: AnswerCode::NotLeader, refused_type, leader: leader.to_owned() })
+    }
+}
+
+/// Whether `address` may be a redirect's leader address.
+fn check_address(address: &[u8]) -> Result<(), &'static str> {
+    if address.len() > REDIRECT_ADDRESS_BYTES_MAX {
+        return Err("longer than 64 bytes");
+    }
+    if !address.iter().all(|b| b.is_ascii_graphic()) {
+        return Err("not printable ASCII");
+    }
+    Ok(())
+}
+
 /// The server's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -488,6 +534,8 @@ pub enum Answer {
     SignOff(SignOffAnswer),
     /// See [`Reject`].
     Reject(Reject),
+    /// See [`Redirect`].
+    Redirect(Redirect),
 }
 
 impl Answer {
@@ -503,6 +551,7 @@ impl Answer {
             Self::BlacklistDownload(a) => a.code,
             Self::SignOff(a) => a.code,
             Self::Reject(a) => a.code,
+            Self::Redirect(a) => a.code,
         }
     }
 
@@ -545,6 +594,7 @@ const BLACKLIST_ENTRY_BYTES: usize = 8 + 8 + 1;
 const BLACKLIST_ANSWER_BYTES_MAX: usize =
     CODE_BYTES + 8 + 2 + BLACKLIST_ENTRIES_MAX * BLACKLIST_ENTRY_BYTES;
 const REJECT_BYTES: usize = CODE_BYTES + 2;
+const REDIRECT_BYTES_MAX: usize = CODE_BYTES + 2 + 1 + REDIRECT_ADDRESS_BYTES_MAX;
 
 const _: () = assert!(PURCHASE_BYTES_MAX <= BODY_BYTES_MAX);
 const _: () = assert!(TOP_UP_BYTES_MAX <= BODY_BYTES_MAX);
@@ -552,6 +602,7 @@ const _: () = assert!(OFFLINE_UPLOAD_BYTES_MAX <= BODY_BYTES_MAX);
 const _: () = assert!(OFFLINE_ANSWER_BYTES_MAX <= BODY_BYTES_MAX);
 const _: () = assert!(BLACKLIST_ANSWER_BYTES_MAX <= BODY_BYTES_MAX);
 const _: () = assert!(SIGN_ON_ANSWER_BYTES <= BODY_BYTES_MAX);
+const _: () = assert!(REDIRECT_BYTES_MAX <= BODY_BYTES_MAX);
 const _: () = assert!(CODE_BYTES + TRANSFER_ANSWER_BYTES <= BODY_BYTES_MAX);
 
 // ---------------------------------------------------------------------------------------
@@ -813,6 +864,19 @@ impl Answer {
             MessageType::Reject => {
                 Self::Reject(Reject { code: code(&mut r)?, refused_type: r.u16("refused_type")? })
             }
+            MessageType::Redirect => {
+                let code = code(&mut r)?;
+                let refused_type = r.u16("refused_type")?;
+                let len = r.u8("leader_len")?;
+                let address = r.slice(usize::from(len), "leader")?;
+                check_address(address).map_err(|_| DecodeError::InvalidValue {
+                    field: "leader",
+                    value: u64::from(len),
+                })?;
+                let leader = String::from_utf8(address.to_vec())
+                    .expect("printable ASCII is UTF-8, checked above");
+                Self::Redirect(Redirect { code, refused_type, leader })
+            }
             other => return Err(DecodeError::UnknownMessageType(other.to_wire())),
         };
         r.finish()?;
@@ -834,6 +898,7 @@ impl Body for Answer {
             Self::BlacklistDownload(_) => MessageType::BlacklistDownloadAnswer,
             Self::SignOff(_) => MessageType::SignOffAnswer,
             Self::Reject(_) => MessageType::Reject,
+            Self::Redirect(_) => MessageType::Redirect,
         }
     }
 
@@ -853,6 +918,7 @@ impl Body for Answer {
                 }
                 Self::SignOff(_) => CODE_BYTES,
                 Self::Reject(_) => REJECT_BYTES,
+                Self::Redirect(a) => CODE_BYTES + 2 + 1 + a.leader.len(),
             }
     }
 
@@ -911,6 +977,14 @@ impl Body for Answer {
             Self::Reject(a) => {
                 put_code(dst, a.code)?;
                 dst.put_u16(a.refused_type);
+            }
+            Self::Redirect(a) => {
+                check_address(a.leader.as_bytes())
+                    .map_err(|reason| EncodeError::InvalidValue { field: "leader", reason })?;
+                put_code(dst, a.code)?;
+                dst.put_u16(a.refused_type);
+                dst.put_u8(u8::try_from(a.leader.len()).expect("checked above: at most 64"));
+                dst.put_slice(a.leader.as_bytes());
             }
         }
         Ok(())

@@ -17,8 +17,8 @@ use crate::mac::{MacAlgorithm, MacKey, TerminalKey};
 use crate::message::{
     Answer, BalanceAnswer, BalanceInquiry, BlacklistAnswer, BlacklistDownload, BlacklistEntry,
     Body, Heartbeat, HeartbeatAnswer, OfflineRecord, OfflineResult, OfflineUpload,
-    OfflineUploadAnswer, Purchase, Reference, Refund, Reject, Request, Reversal, SignOffAnswer,
-    SignOn, SignOnAnswer, TopUp, TransferAnswer,
+    OfflineUploadAnswer, Purchase, Redirect, Reference, Refund, Reject, Request, Reversal,
+    SignOffAnswer, SignOn, SignOnAnswer, TopUp, TransferAnswer,
 };
 use crate::pin::{PIN_KEY_LABEL, Pin, PinBlock, PinContext};
 
@@ -330,6 +330,14 @@ pub fn all() -> Vec<Vector> {
         algorithm: MacAlgorithm::HmacSm3,
         envelope: envelope(1),
         message: R(Request::SignOn(SignOn { blacklist_version: 41, software_version: 3 })),
+    });
+    vectors.push(Vector {
+        name: "unsigned redirect to the cell's leader",
+        algorithm: MacAlgorithm::None,
+        envelope: envelope(1),
+        message: A(Answer::Redirect(
+            Redirect::new(0x0001, "10.20.0.12:7700").expect("a short ASCII address"),
+        )),
     });
     vectors
 }
