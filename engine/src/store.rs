@@ -566,13 +566,20 @@ impl Store {
         journal: u8,
         write: impl FnOnce() -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let poisoned = self.poison_flag(journal);
-        if poisoned.load(Ordering::Acquire) {
+        if self.poison_flag(journal).load(Ordering::Acquire) {
             return Err(StorageError::Poisoned);
         }
-        let written = write();
+        self.poison_on_failure(journal, write())
+    }
+
+    /// Poisons `journal` if `written` failed, and passes it on.
+    fn poison_on_failure(
+        &self,
+        journal: u8,
+        written: Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         if let Err(error) = &written {
-            poisoned.store(true, Ordering::Release);
+            self.poison_flag(journal).store(true, Ordering::Release);
             let journal = journal_label(journal);
             tracing::error!(journal, %error, "write failed; the journal takes no more writes");
         }
@@ -598,8 +605,23 @@ impl Store {
     ///
     /// # Errors
     /// [`StorageError`] if RocksDB refuses the write; the journal is poisoned.
+    ///
+    /// A journal poisoned by its writer (a leader whose write was not confirmed) still
+    /// applies what the cell committed: the cell's log, not the writer, decides.
     pub fn apply_replicated(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError> {
-        self.poisoning(journal, || self.door.write(&self.db, journal, batch, Durability::Logged))
+        let written = self.door.write(&self.db, journal, batch, Durability::Logged);
+        self.poison_on_failure(journal, written)
+    }
+
+    /// Lets every journal take writes again. For a node of a cell whose ledger has
+    /// closed after losing the lead: its writes failed because they were not
+    /// confirmed, which says nothing of the store, changed only by committed entries
+    /// (and a failed apply stops the node). A single node never calls this: there a
+    /// poisoned journal waits for a restart.
+    pub fn clear_poison(&self) {
+        for flag in self.poisoned.iter() {
+            flag.store(false, Ordering::Release);
+        }
     }
 
     /// A fingerprint of the store's column families in the order they were opened,

@@ -15,9 +15,14 @@
 //! Shutdown: when `shutdown` turns true the listener stops accepting and every
 //! connection stops reading, waits for the answers to what it already handed to the
 //! ledger, writes them and closes. [`serve`] returns once every connection is gone, so
-//! the caller can then close the ledger with nothing in flight.
+//! the caller can then close the ledger with nothing in flight. The listener is only
+//! borrowed: a node of a cell that loses the lead keeps its port and serves
+//! [`redirect`] on it instead.
 
 mod connection;
+mod redirect;
+
+pub use redirect::redirect;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,7 +72,7 @@ impl Default for FrontDoorConfig {
 /// # Errors
 /// Only if the listener itself fails; a failed connection is logged and dropped.
 pub async fn serve(
-    listener: TcpListener,
+    listener: &TcpListener,
     ledger: Arc<Ledger>,
     config: FrontDoorConfig,
     mut shutdown: watch::Receiver<bool>,
@@ -117,7 +122,6 @@ pub async fn serve(
             drop(done);
         });
     }
-    drop(listener);
     drop(done);
     let _ = all_done.recv().await;
     Ok(())
