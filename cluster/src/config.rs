@@ -3,17 +3,19 @@
 //! openraft's defaults (heartbeat 50 ms, election timeout 150–300 ms) suit dedicated
 //! machines; a cell that shares two cores with its own load generator, where one
 //! synced write can take milliseconds, would elect a new leader whenever a tick came
-//! late. These are set for that, and a failover waits about one election timeout.
+//! late. These are set for that. A failover waits for the dead leader's lease to run
+//! out (a follower refuses to vote while it lasts, the longest election timeout) and
+//! then one election: about 1 to 2 seconds.
 
 use std::time::Duration;
 
 /// How often the leader reaches every follower, ms. Also openraft's limit on one
 /// append RPC, so it bounds how long a batch of entries may take on the link.
-pub const HEARTBEAT_MS: u64 = 250;
+pub const HEARTBEAT_MS: u64 = 100;
 
 /// A follower that hears nothing from a leader for a random time in this range, ms,
 /// stands for election.
-pub const ELECTION_TIMEOUT_MS: (u64, u64) = (1_500, 3_000);
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1_000);
 
 /// Entries in one append RPC at most.
 pub const APPEND_ENTRIES_MAX: u64 = 64;

@@ -34,13 +34,33 @@ pub mod state_machine;
 use serde::{Deserialize, Serialize};
 
 pub use node::{Node, NodeSettings, ReplicatedDoor};
+pub use openraft;
 pub use state_machine::StateMachine;
+pub use state_machine::applied_index;
 
 /// A node's number in its cell.
 pub type NodeId = u64;
 
-/// A node's address on the cluster link.
-pub type NodeAddress = openraft::BasicNode;
+/// Where a member of a cell is reached: the cell's membership carries it, so every
+/// node knows every member's addresses, a member added later included.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    /// The cluster link, `host:port`.
+    pub cluster: String,
+    /// The terminal port, as terminals reach it: what a follower's redirect names.
+    pub terminals: String,
+    /// The admin API, as operators reach it: what a follower's refusal names.
+    pub admin: String,
+}
+
+impl NodeAddress {
+    /// A member reached only on the cluster link (a node with no ports of its own,
+    /// as in the cluster's own tests).
+    #[must_use]
+    pub fn link_only(cluster: impl Into<String>) -> Self {
+        Self { cluster: cluster.into(), ..Self::default() }
+    }
+}
 
 openraft::declare_raft_types!(
     /// The cell's Raft types: each entry is one [`Write`] of the engine's.

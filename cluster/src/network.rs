@@ -55,7 +55,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddress) -> Peer {
-        Peer { target, address: node.addr.clone(), connection: None }
+        Peer { target, address: node.cluster.clone(), connection: None }
     }
 }
 

@@ -33,9 +33,8 @@ pub struct NodeSettings {
     pub id: NodeId,
     /// The node's directory.
     pub dir: PathBuf,
-    /// Every founding member of the cell and its cluster-link address, this node
-    /// included.
-    pub members: BTreeMap<NodeId, String>,
+    /// Every founding member of the cell and its addresses, this node included.
+    pub members: BTreeMap<NodeId, NodeAddress>,
     /// Shards of a new store.
     pub shards: usize,
 }
@@ -50,7 +49,7 @@ impl NodeSettings {
         let address = self.members.get(&self.id).ok_or_else(|| {
             ClusterError::Settings(format!("node {} is not among the members", self.id))
         })?;
-        address.parse().map_err(|error| {
+        address.cluster.parse().map_err(|error| {
             ClusterError::Settings(format!("node {}'s address {address:?}: {error}", self.id))
         })
     }
@@ -61,7 +60,7 @@ pub struct Node {
     id: NodeId,
     raft: Raft,
     slot: Arc<StoreSlot>,
-    members: BTreeMap<NodeId, String>,
+    members: BTreeMap<NodeId, NodeAddress>,
     link: JoinHandle<()>,
     address: SocketAddr,
     door: ReplicatedDoor,
@@ -125,12 +124,7 @@ impl Node {
     /// # Errors
     /// [`ClusterError::Raft`] if openraft refuses for another reason.
     pub async fn initialize(&self) -> Result<(), ClusterError> {
-        let members: BTreeMap<NodeId, NodeAddress> = self
-            .members
-            .iter()
-            .map(|(id, address)| (*id, NodeAddress { addr: address.clone() }))
-            .collect();
-        match self.raft.initialize(members).await {
+        match self.raft.initialize(self.members.clone()).await {
             Ok(()) => Ok(()),
             Err(error) if matches!(error.api_error(), Some(InitializeError::NotAllowed(_))) => {
                 Ok(())
@@ -161,6 +155,12 @@ impl Node {
     #[must_use]
     pub fn store(&self) -> Option<Arc<Store>> {
         self.slot.get()
+    }
+
+    /// Snapshots this node built since it started, and installed from a peer.
+    #[must_use]
+    pub fn snapshots(&self) -> (u64, u64) {
+        self.slot.snapshots()
     }
 
     /// openraft's view of this node now.

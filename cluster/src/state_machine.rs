@@ -42,6 +42,9 @@ pub struct StoreSlot {
     /// The node's door, set on every store the slot holds: whatever opens a ledger
     /// on it writes through the cell's log.
     door: OnceLock<Arc<dyn Replicate>>,
+    /// Snapshots this node built, and installed from a peer.
+    snapshots_built: AtomicU64,
+    snapshots_installed: AtomicU64,
 }
 
 impl StoreSlot {
@@ -50,7 +53,18 @@ impl StoreSlot {
             store: RwLock::new(Some(Arc::new(store))),
             applying: Mutex::new(()),
             door: OnceLock::new(),
+            snapshots_built: AtomicU64::new(0),
+            snapshots_installed: AtomicU64::new(0),
         }
+    }
+
+    /// Snapshots built here since the node started, and installed from a peer.
+    #[must_use]
+    pub fn snapshots(&self) -> (u64, u64) {
+        (
+            self.snapshots_built.load(Ordering::Relaxed),
+            self.snapshots_installed.load(Ordering::Relaxed),
+        )
     }
 
     /// Sets the node's door on the store, and on every store a snapshot puts here.
@@ -82,6 +96,15 @@ fn read_applied(store: &Store) -> Result<AppliedState, StorageError<NodeId>> {
             decode(&bytes).map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))
         }
     }
+}
+
+/// The log index `store` was applied through, if any: what a replica's
+/// [`Store::state_hash`] is compared at.
+///
+/// # Errors
+/// If the position cannot be read.
+pub fn applied_index(store: &Store) -> Result<Option<u64>, StorageError<NodeId>> {
+    Ok(read_applied(store)?.0.map(|log_id| log_id.index))
 }
 
 /// The newest snapshot this node holds: its description and its packed file.
@@ -317,7 +340,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ))));
         }
         Self::hold(&self.snapshots, &HeldSnapshot { meta: meta.clone(), file })
-            .map_err(|e| failed(&e))
+            .map_err(|e| failed(&e))?;
+        self.slot.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
+        Ok(())
     }
 
     async fn get_current_snapshot(
@@ -373,6 +399,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         )
         .map_err(|e| failed(&e))?;
         let file = tokio::fs::File::open(&file).await.map_err(|e| failed(&e))?;
+        self.slot.snapshots_built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }

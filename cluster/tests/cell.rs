@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use onecard_cluster::{Node, NodeSettings};
+use onecard_cluster::{Node, NodeAddress, NodeSettings};
 use onecard_engine::cards::{CardType, LimitOverrides};
 use onecard_engine::directory::MerchantCategory;
 use onecard_engine::storage::StorageError;
@@ -25,10 +25,10 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Cell {
     nodes: BTreeMap<u64, Node>,
     dirs: BTreeMap<u64, TempDir>,
-    members: BTreeMap<u64, String>,
+    members: BTreeMap<u64, NodeAddress>,
 }
 
-fn settings(id: u64, dir: &TempDir, members: &BTreeMap<u64, String>) -> NodeSettings {
+fn settings(id: u64, dir: &TempDir, members: &BTreeMap<u64, NodeAddress>) -> NodeSettings {
     NodeSettings {
         cell: "test-campus".to_owned(),
         id,
@@ -44,7 +44,8 @@ impl Cell {
         let mut members = BTreeMap::new();
         for id in 1..=size {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-            members.insert(id, listener.local_addr().expect("an address").to_string());
+            let address = listener.local_addr().expect("an address").to_string();
+            members.insert(id, NodeAddress::link_only(address));
             listeners.insert(id, listener);
         }
         let mut nodes = BTreeMap::new();
@@ -104,7 +105,7 @@ impl Cell {
     }
 
     async fn restart(&mut self, id: u64) {
-        let address = &self.members[&id];
+        let address = &self.members[&id].cluster;
         let listener = TcpListener::bind(address).await.expect("binds its old address");
         let node = Node::start_on(settings(id, &self.dirs[&id], &self.members), listener)
             .await
@@ -284,12 +285,12 @@ async fn a_node_added_late_catches_up_from_a_snapshot_and_replaces_a_member() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let address = listener.local_addr().expect("an address").to_string();
-    cell.members.insert(4, address.clone());
+    cell.members.insert(4, NodeAddress::link_only(address.clone()));
     let dir = TempDir::new("cell-node4");
     let node = Node::start_on(settings(4, &dir, &cell.members), listener).await.expect("starts");
     cell.dirs.insert(4, dir);
     cell.nodes.insert(4, node);
-    raft.add_learner(4, onecard_cluster::NodeAddress { addr: address }, true)
+    raft.add_learner(4, NodeAddress::link_only(address), true)
         .await
         .expect("the learner is added and caught up");
     cell.settle(leader).await;
