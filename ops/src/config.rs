@@ -178,6 +178,99 @@ pub struct Settings {
     /// Cards in the demo campus, 1 to 2,000,000. [default: 50000]
     #[arg(long, env = "ONECARD_DEMO_CARDS")]
     pub demo_cards: Option<u64>,
+
+    /// This node's cell: the `[cluster]` section of the config file (no flag or
+    /// environment variable). Absent, `serve` is a single node. docs/OPERATIONS.md,
+    /// "A cell of three nodes".
+    #[arg(skip)]
+    #[serde(default)]
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The `[cluster]` section: which cell this node belongs to and every member's
+/// addresses. Every node of a cell has the same `cell` and `members`, and its own
+/// `node_id`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The cell's name (a campus).
+    pub cell: String,
+    /// This node's id among the members.
+    pub node_id: u64,
+    /// Every member, this node included.
+    pub members: Vec<MemberSettings>,
+}
+
+/// One member of a cell and its three addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSettings {
+    /// The member's id: never reused for another machine.
+    pub id: u64,
+    /// Its cluster-link address (the other nodes connect here).
+    pub cluster: SocketAddr,
+    /// Its terminal port, as terminals reach it (what a redirect names).
+    pub terminals: SocketAddr,
+    /// Its admin API, as operators reach it (what a refused write names).
+    pub admin: SocketAddr,
+}
+
+/// A cell's resolved settings.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The cell's name.
+    pub cell: String,
+    /// This node's id.
+    pub node_id: u64,
+    /// Every member by id.
+    pub members: std::collections::BTreeMap<u64, MemberSettings>,
+}
+
+impl ClusterConfig {
+    /// Checks the section: a name, at least one member, ids and addresses unique, this
+    /// node among them.
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn resolve(settings: ClusterSettings) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !settings.cell.is_empty()
+                && settings.cell.len() <= 64
+                && settings
+                    .cell
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "cluster.cell must be 1 to 64 letters, digits, '-' or '_'"
+        );
+        let mut members = std::collections::BTreeMap::new();
+        let mut addresses = std::collections::BTreeSet::new();
+        for member in settings.members {
+            anyhow::ensure!(member.id > 0, "cluster.members: a node id is at least 1");
+            for address in [member.cluster, member.terminals, member.admin] {
+                anyhow::ensure!(
+                    addresses.insert(address),
+                    "cluster.members: the address {address} is given twice"
+                );
+            }
+            let id = member.id;
+            anyhow::ensure!(
+                members.insert(id, member).is_none(),
+                "cluster.members: node {id} is given twice"
+            );
+        }
+        anyhow::ensure!(
+            members.contains_key(&settings.node_id),
+            "cluster.node_id {} is not among cluster.members",
+            settings.node_id
+        );
+        Ok(Self { cell: settings.cell, node_id: settings.node_id, members })
+    }
+
+    /// This node's own entry.
+    #[must_use]
+    pub fn me(&self) -> &MemberSettings {
+        &self.members[&self.node_id]
+    }
 }
 
 /// Overlays `top` on `base`: every key `top` sets wins.
@@ -226,6 +319,7 @@ impl Settings {
             log_json,
             demo,
             demo_cards,
+            cluster,
         )
     }
 
@@ -292,6 +386,20 @@ pub struct Config {
     pub demo: bool,
     /// Cards in the demo campus.
     pub demo_cards: u64,
+    /// The cell this node belongs to; `None` for a single node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+impl Config {
+    /// Where the store is: the data directory itself for a single node, its `store/`
+    /// for a node of a cell (beside `raft-log/` and `snapshots/`).
+    #[must_use]
+    pub fn store_dir(&self) -> PathBuf {
+        match self.cluster {
+            Some(_) => self.data_dir.join("store"),
+            None => self.data_dir.clone(),
+        }
+    }
 }
 
 const fn secs(value: u64) -> Duration {
@@ -391,6 +499,29 @@ impl Config {
         let env_key = std::env::var(crate::master_key::MASTER_KEY_ENV).ok();
         let (master_key, master_key_source) =
             crate::master_key::resolve(env_key.as_deref(), &master_key_file)?;
+        let cluster = settings.cluster.map(ClusterConfig::resolve).transpose()?;
+        // A node of a cell listens where the members' table says it does.
+        let (terminal_listen, admin_listen) = match &cluster {
+            Some(cluster) => {
+                let me = cluster.me();
+                for (given, listed, key) in [
+                    (settings.terminal_listen, me.terminals, "terminal_listen"),
+                    (settings.admin_listen, me.admin, "admin_listen"),
+                ] {
+                    anyhow::ensure!(
+                        given.is_none_or(|given| given == listed),
+                        "{key} differs from this node's entry in cluster.members ({listed})"
+                    );
+                }
+                (me.terminals, me.admin)
+            }
+            None => (
+                settings
+                    .terminal_listen
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700))),
+                settings.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7780))),
+            ),
+        };
         let backup_keep = settings.backup_keep.unwrap_or(BACKUPS_KEPT_MIN);
         anyhow::ensure!(
             backup_keep >= BACKUPS_KEPT_MIN,
@@ -416,12 +547,8 @@ impl Config {
             workflows_dir: settings.workflows_dir.unwrap_or_else(|| data_dir.join("workflows")),
             term_ends,
             data_dir,
-            terminal_listen: settings
-                .terminal_listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700))),
-            admin_listen: settings
-                .admin_listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7780))),
+            terminal_listen,
+            admin_listen,
             ledger: LedgerConfig {
                 shards,
                 sync: true,
@@ -447,6 +574,7 @@ impl Config {
             log_json: settings.log_json.unwrap_or(false),
             demo: settings.demo.unwrap_or(false),
             demo_cards,
+            cluster,
         })
     }
 }

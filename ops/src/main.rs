@@ -3,6 +3,8 @@
 //! `reconcile` and `backup` commands. What it wires is in the `onecard_ops` library
 //! (`lib.rs`).
 
+mod cell;
+
 use onecard_ops::{api, backup, channels, config, day, demo, master_key, operators};
 
 use std::net::SocketAddr;
@@ -58,6 +60,34 @@ enum Command {
     /// Manage the master key that seals terminal keys and the journal chain key.
     #[command(subcommand)]
     MasterKey(Box<MasterKeyCommand>),
+    /// A cell of nodes holding one replicated ledger (docs/OPERATIONS.md).
+    #[command(subcommand)]
+    Cell(Box<CellCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+enum CellCommand {
+    /// Write the files for a demo cell on this machine: one master key and a config
+    /// per node (`nodeN.toml`), ports counting up from --base-port. Start each node
+    /// with `onecard serve --config DIR/nodeN.toml`.
+    Init {
+        /// The directory for the cell's files and its nodes' data.
+        #[arg(long, default_value = "./cell")]
+        dir: PathBuf,
+        /// Nodes in the cell.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Node N's terminal port is base+N, its admin port base+80+N, its cluster
+        /// link base+200+N.
+        #[arg(long, default_value_t = 7700)]
+        base_port: u16,
+        /// Cards in the demo campus the first leader builds.
+        #[arg(long, default_value_t = 2_000)]
+        demo_cards: u64,
+    },
+    /// Print the log index a stopped node's replica was applied through and the hash
+    /// of its whole state: two replicas at the same index must have the same hash.
+    Hash(Box<SettingsArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +274,10 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cell(command) => {
+            init_logging(false);
+            cell_command(*command)
+        }
         Command::Settle(args) => {
             init_logging(false);
             let (date, config) = args.resolve()?;
@@ -255,6 +289,35 @@ fn main() -> anyhow::Result<()> {
             for path in paths {
                 println!("  {}", path.display());
             }
+            Ok(())
+        }
+    }
+}
+
+fn cell_command(command: CellCommand) -> anyhow::Result<()> {
+    match command {
+        CellCommand::Init { dir, nodes, base_port, demo_cards } => {
+            let configs = cell::init(&dir, nodes, base_port, demo_cards)?;
+            println!("a cell of {nodes} nodes in {}; start each node:", dir.display());
+            for config in configs {
+                println!("  onecard serve --config {}", config.display());
+            }
+            Ok(())
+        }
+        CellCommand::Hash(args) => {
+            let config = args.resolve()?;
+            let path = config.store_dir();
+            let store = Store::open(&path, config.ledger.shards).with_context(|| {
+                format!("opening the replica in {} (is the node running?)", path.display())
+            })?;
+            let index = onecard_cluster::applied_index(&store)
+                .map_err(|error| anyhow::anyhow!("reading the applied position: {error}"))?;
+            let hash = store.state_hash().context("hashing the replica")?;
+            println!(
+                "applied through {} state {}",
+                index.map_or_else(|| "nothing".to_owned(), |index| index.to_string()),
+                hex::encode(hash)
+            );
             Ok(())
         }
     }
@@ -370,6 +433,14 @@ fn reconcile(args: Box<ReconcileArgs>) -> anyhow::Result<()> {
 /// is new (and removing it again if the ledger refuses it: a store sealed with another
 /// key must not leave a wrong key file behind).
 fn open_ledger(config: &Config) -> anyhow::Result<Ledger> {
+    if let Some(cluster) = &config.cluster {
+        anyhow::bail!(
+            "this is node {} of cell {}: its ledger changes only through the cell's log; use \
+             the leader's API (a running node refuses its writes, naming the leader)",
+            cluster.node_id,
+            cluster.cell
+        );
+    }
     let created = master_key::create_if_new(&config.ledger.master_key, &config.master_key_source)?;
     Ledger::open(&config.data_dir, config.ledger.clone()).map_err(|error| {
         if let Some(path) = created {
@@ -390,7 +461,8 @@ fn open_offline(config: &Config) -> anyhow::Result<Ledger> {
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // openraft narrates every election and vote at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -402,7 +474,7 @@ fn init_logging(json: bool) {
 /// Verifies the store from disk alone: it opens RocksDB and none of the ledger's
 /// loading, so a corrupt block is reported by name rather than failing the start.
 fn verify(config: &Config) -> anyhow::Result<()> {
-    let path = &config.data_dir;
+    let path = &config.store_dir();
     anyhow::ensure!(path.join("CURRENT").is_file(), "there is no ledger in {}", path.display());
     let store = Store::open(path, config.ledger.shards).with_context(|| {
         format!(
@@ -478,6 +550,9 @@ fn bootstrap_admin(operators: &Operators, data_dir: &Path) -> anyhow::Result<()>
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    if config.cluster.is_some() {
+        return cell::serve(config);
+    }
     let config = Arc::new(config);
     let ledger = Arc::new(
         open_ledger(&config)
@@ -489,37 +564,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
         business_date = %ledger.business_date(),
         "ledger open"
     );
-    let mut workflows =
-        Workflows::new(Arc::clone(&ledger), &workflow_definitions(&config.workflows_dir)?)
-            .context("loading the workflow definitions")?;
-    let roles: Vec<&str> = operators::ROLES.iter().map(|role| role.as_str()).collect();
-    workflows.check_roles(&roles).context("checking the workflow definitions")?;
-    let recovered = workflows.recover().context("finishing approved workflow effects")?;
-    if !recovered.is_empty() {
-        tracing::warn!(?recovered, "ran the effects of applications approved before a stop");
-    }
-    if std::env::var_os("ONECARD_CRASH_BEFORE_WORKFLOW_EFFECT").is_some() {
-        workflows.crash_before_effects();
-    }
-    let backups = Arc::new(backup::Backups::new(Arc::clone(&ledger), config.backup.clone()));
-    let state = api::AppState::new(Arc::clone(&ledger), Arc::clone(&config), workflows, backups);
-    bootstrap_admin(&state.operators, &config.data_dir)?;
-    if config.demo {
-        if demo::is_empty(&ledger) {
-            demo::build(&ledger, &state.operators, &config.data_dir, config.demo_cards)?;
-        } else {
-            tracing::info!("the store already holds a campus; serving it as it is");
-        }
-    }
+    let state = prepare(&config, &ledger)?;
     // A test hook: fail one write the way a disk would (engine/src/storage.rs).
-    if let Some(plan) = std::env::var_os("ONECARD_STORAGE_FAULT") {
-        let plan = plan.to_string_lossy().parse().context("ONECARD_STORAGE_FAULT")?;
+    if let Some(plan) = storage_fault()? {
         ledger.inject_fault(plan);
-    }
-    // A test hook: abort inside the checkpointer (engine/src/checkpoint.rs).
-    if let Some(plan) = std::env::var_os("ONECARD_CHECKPOINT_CRASH") {
-        let plan = plan.to_string_lossy().parse().context("ONECARD_CHECKPOINT_CRASH")?;
-        ledger.arm_checkpoint_crash(plan);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -538,6 +586,47 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The storage fault `ONECARD_STORAGE_FAULT` asks for, if any (a test hook).
+fn storage_fault() -> anyhow::Result<Option<onecard_engine::storage::FaultPlan>> {
+    std::env::var_os("ONECARD_STORAGE_FAULT")
+        .map(|plan| plan.to_string_lossy().parse().context("ONECARD_STORAGE_FAULT"))
+        .transpose()
+}
+
+/// What serves beside a ledger just opened: its workflows (with the effects of
+/// applications approved before a stop run now), its operators (an `admin`
+/// bootstrapped on a new store), the demo campus if asked for, and the test hooks.
+fn prepare(config: &Arc<Config>, ledger: &Arc<Ledger>) -> anyhow::Result<api::AppState> {
+    let mut workflows =
+        Workflows::new(Arc::clone(ledger), &workflow_definitions(&config.workflows_dir)?)
+            .context("loading the workflow definitions")?;
+    let roles: Vec<&str> = operators::ROLES.iter().map(|role| role.as_str()).collect();
+    workflows.check_roles(&roles).context("checking the workflow definitions")?;
+    let recovered = workflows.recover().context("finishing approved workflow effects")?;
+    if !recovered.is_empty() {
+        tracing::warn!(?recovered, "ran the effects of applications approved before a stop");
+    }
+    if std::env::var_os("ONECARD_CRASH_BEFORE_WORKFLOW_EFFECT").is_some() {
+        workflows.crash_before_effects();
+    }
+    let backups = Arc::new(backup::Backups::new(Arc::clone(ledger), config.backup.clone()));
+    let state = api::AppState::new(Arc::clone(ledger), Arc::clone(config), workflows, backups);
+    bootstrap_admin(&state.operators, &config.data_dir)?;
+    if config.demo {
+        if demo::is_empty(ledger) {
+            demo::build(ledger, &state.operators, &config.data_dir, config.demo_cards)?;
+        } else {
+            tracing::info!("the store already holds a campus; serving it as it is");
+        }
+    }
+    // A test hook: abort inside the checkpointer (engine/src/checkpoint.rs).
+    if let Some(plan) = std::env::var_os("ONECARD_CHECKPOINT_CRASH") {
+        let plan = plan.to_string_lossy().parse().context("ONECARD_CHECKPOINT_CRASH")?;
+        ledger.arm_checkpoint_crash(plan);
+    }
+    Ok(state)
+}
+
 async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> anyhow::Result<()> {
     let terminals = tokio::net::TcpListener::bind(config.terminal_listen)
         .await
@@ -553,23 +642,13 @@ async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> 
     // The line end-to-end tests and scripts wait for.
     println!("onecard ready: terminals on {terminal_addr} admin on {admin_addr}");
 
-    let front_door = tokio::spawn(onecard_engine::frontdoor::serve(
-        terminals,
-        Arc::clone(&ledger),
-        config.front_door.clone(),
+    let services = tokio::spawn(run_ledger(
+        Arc::clone(&config),
+        ledger,
+        state.clone(),
+        Arc::new(terminals),
         shutdown_rx.clone(),
     ));
-    let day = tokio::spawn(day::run(
-        day::DayTask {
-            ledger: Arc::clone(&ledger),
-            workflows: state.workflows.clone(),
-            settle: config.auto_settle,
-            dir: config.settlement_dir.clone(),
-            term_ends: config.term_ends.clone(),
-        },
-        shutdown_rx.clone(),
-    ));
-    let backup = tokio::spawn(backup::run(Arc::clone(&state.backups), shutdown_rx.clone()));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
         let service = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -589,14 +668,44 @@ async fn run(config: Arc<Config>, ledger: Arc<Ledger>, state: api::AppState) -> 
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
-    front_door.await.context("front door task")?.context("front door")?;
-    day.await.context("business day task")?;
-    backup.await.context("backup task")?;
+    services.await.context("ledger services")??;
     // An admin client that holds its connection open does not hold up the exit.
     match tokio::time::timeout(onecard_engine::limits::SHUTDOWN_DRAIN_TIMEOUT, http).await {
         Ok(served) => served.context("admin API task")?.context("admin API")?,
         Err(_) => tracing::warn!("admin API connections still open at shutdown; closing them"),
     }
+    Ok(())
+}
+
+/// What runs on an open ledger until `shutdown`: the terminal front door on
+/// `terminals`, the business day (its turn, settlement, term ends) and the daily
+/// backup. Returns once the front door has answered everything it took.
+async fn run_ledger(
+    config: Arc<Config>,
+    ledger: Arc<Ledger>,
+    state: api::AppState,
+    terminals: Arc<tokio::net::TcpListener>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let front_door = tokio::spawn({
+        let (ledger, front_door, shutdown) =
+            (Arc::clone(&ledger), config.front_door.clone(), shutdown.clone());
+        async move { onecard_engine::frontdoor::serve(&terminals, ledger, front_door, shutdown).await }
+    });
+    let day = tokio::spawn(day::run(
+        day::DayTask {
+            ledger,
+            workflows: state.workflows.clone(),
+            settle: config.auto_settle,
+            dir: config.settlement_dir.clone(),
+            term_ends: config.term_ends.clone(),
+        },
+        shutdown.clone(),
+    ));
+    let backup = tokio::spawn(backup::run(Arc::clone(&state.backups), shutdown));
+    front_door.await.context("front door task")?.context("front door")?;
+    day.await.context("business day task")?;
+    backup.await.context("backup task")?;
     Ok(())
 }
 

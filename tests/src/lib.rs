@@ -7,6 +7,8 @@
 //! executable. `cargo test --workspace` builds it first (onecard-ops has integration
 //! tests of its own, which makes cargo build the binary before any test runs).
 
+pub mod cell;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,11 +163,41 @@ impl Server {
     }
 
     fn spawn(data_dir: &Path, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
+        let mut args: Vec<std::ffi::OsString> =
+            ["serve", "--terminal-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+                .iter()
+                .map(Into::into)
+                .collect();
+        args.push("--data-dir".into());
+        args.push(data_dir.into());
+        args.extend(extra.iter().map(Into::into));
+        Self::spawn_args(data_dir, &args, env, stderr)
+    }
+
+    /// Starts `onecard serve --config <config>` (a node of a cell, whose addresses
+    /// are in its config), its log written to `log`, and waits for its ready line.
+    ///
+    /// # Panics
+    /// As [`Server::start_with_env`].
+    #[must_use]
+    pub fn start_node(config: &Path, data_dir: &Path, env: &[(&str, &str)], log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the node's log file");
+        let args = ["serve".into(), "--config".into(), config.as_os_str().to_owned()];
+        Self::spawn_args(data_dir, &args, env, Stdio::from(file))
+    }
+
+    fn spawn_args(
+        data_dir: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Self {
         let mut child = Command::new(onecard_binary())
-            .args(["serve", "--terminal-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "warn")
             // No daily backup unless a test asks for one (`--backup-at`).
             .env("ONECARD_BACKUP_AT", "off")
@@ -249,22 +281,7 @@ impl Server {
     /// If the admin cannot log in.
     #[must_use]
     pub fn admin(&self) -> Api {
-        const PASSWORD: &str = "admin-password-for-tests";
-        let mut api = self.api();
-        if api.login("admin", PASSWORD).is_ok() {
-            return api;
-        }
-        let initial = std::fs::read_to_string(self.data_dir.join("initial-admin-password"))
-            .expect("the bootstrap password file");
-        let (status, body) = api.post(
-            "/api/auth/password",
-            &serde_json::json!({
-                "operator": "admin", "password": initial.trim(), "new_password": PASSWORD
-            }),
-        );
-        assert_eq!(status, 200, "change the bootstrap password: {body}");
-        api.login("admin", PASSWORD).expect("admin logs in");
-        api
+        admin_of(self.admin_addr, &self.data_dir)
     }
 
     /// Scrapes /metrics.
@@ -313,6 +330,14 @@ impl Server {
         self.wait(Duration::from_secs(30))
     }
 
+    /// Whether the process is still running.
+    ///
+    /// # Panics
+    /// If its status cannot be read.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll onecard").is_none()
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -325,6 +350,31 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Logs in as `admin` on the API at `addr`, first changing the bootstrap password
+/// written to `<data_dir>/initial-admin-password` (on the first call).
+///
+/// # Panics
+/// If the admin cannot log in.
+#[must_use]
+pub fn admin_of(addr: SocketAddr, data_dir: &Path) -> Api {
+    const PASSWORD: &str = "admin-password-for-tests";
+    let mut api = Api::new(addr);
+    if api.login("admin", PASSWORD).is_ok() {
+        return api;
+    }
+    let initial = std::fs::read_to_string(data_dir.join("initial-admin-password"))
+        .expect("the bootstrap password file");
+    let (status, body) = api.post(
+        "/api/auth/password",
+        &serde_json::json!({
+            "operator": "admin", "password": initial.trim(), "new_password": PASSWORD
+        }),
+    );
+    assert_eq!(status, 200, "change the bootstrap password: {body}");
+    api.login("admin", PASSWORD).expect("admin logs in");
+    api
 }
 
 /// Runs `onecard verify` on a stopped server's data directory and returns its report.
@@ -488,6 +538,15 @@ impl Api {
     #[must_use]
     pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         Self::json(self.authorize(self.agent.post(format!("{}{path}", self.base))).send_json(body))
+    }
+
+    /// `DELETE path`: the status and the JSON body.
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    #[must_use]
+    pub fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::json(self.authorize(self.agent.delete(format!("{}{path}", self.base))).call())
     }
 
     /// `POST path` with raw bytes as `content_type`.

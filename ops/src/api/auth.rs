@@ -51,6 +51,8 @@ pub enum Permission {
     OperatorsWrite,
     /// List backups and take one.
     Backups,
+    /// Add and remove the nodes of a cell.
+    CellWrite,
 }
 
 impl Permission {
@@ -61,7 +63,9 @@ impl Permission {
         match self {
             Self::CardsRead | Self::DirectoryRead => true,
             Self::CardsWrite => matches!(role, Admin | Clerk),
-            Self::DirectoryWrite | Self::OperatorsWrite | Self::Backups => matches!(role, Admin),
+            Self::DirectoryWrite | Self::OperatorsWrite | Self::Backups | Self::CellWrite => {
+                matches!(role, Admin)
+            }
             Self::CommissionWrite => matches!(role, Admin | Finance),
             Self::LedgerRead => matches!(role, Admin | Finance | Auditor),
             Self::AuditRead => matches!(role, Admin | Auditor),

@@ -22,6 +22,7 @@ mod adjustments;
 mod auth;
 mod backups;
 mod cards;
+pub mod cell;
 mod directory;
 mod health;
 mod ledger;

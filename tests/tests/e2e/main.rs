@@ -3,6 +3,7 @@
 mod abuse;
 mod api;
 mod backup;
+mod cell;
 mod crash;
 mod demo;
 mod faults;

@@ -1,7 +1,8 @@
 //! The SREs' monitoring files, checked against a real scrape: the alert rules load and
 //! pass their unit tests in promtool, a live `/metrics` passes `promtool check
-//! metrics`, and every onecard series the rules and the dashboard name is one the
-//! server exports (a renamed metric would otherwise silence its alert).
+//! metrics`, and every onecard series the rules and the dashboard name is one a
+//! single server or a node of a cell exports (a renamed metric would otherwise
+//! silence its alert).
 //!
 //! promtool comes from Debian's `prometheus` package (the README's setup and
 //! `.ci/run` install it).
@@ -74,7 +75,17 @@ fn the_alert_rules_pass_promtool_and_name_only_metrics_a_live_server_exports() {
     let _ = server.metrics();
     let scrape = server.metrics();
     promtool(&["check", "metrics"], Some(&scrape));
-    let exported = names_in(&scrape);
+    let mut exported = names_in(&scrape);
+    // The cell's series come from the leader of a cell (of two: a follower to lag).
+    let cell = onecard_tests::cell::Cell::start("monitoring-cell", 2, 1);
+    let node = cell.wait_leader(std::time::Duration::from_secs(60));
+    let admin = cell.members().iter().find(|m| m.id == node).expect("the leader").admin;
+    let (status, cell_scrape) = onecard_tests::Api::new(admin).get_text("/metrics");
+    assert_eq!(status, 200, "{cell_scrape}");
+    promtool(&["check", "metrics"], Some(&cell_scrape));
+    let cell_names = names_in(&cell_scrape);
+    assert!(cell_names.contains("onecard_cell_leader"), "{cell_names:?}");
+    exported.extend(cell_names);
     for file in ["alerts.yml", "grafana-dashboard.json"] {
         let text = std::fs::read_to_string(monitoring_dir().join(file)).expect("reads");
         let named = names_in(&text);
