@@ -315,7 +315,9 @@ async fn lead(
         "leading the cell: ledger open"
     );
     metrics.ledger_open.set(1);
-    ledger.metrics().registry().register(Box::new(metrics.as_ref().clone())).ok();
+    if let Err(error) = ledger.metrics().registry().register(Box::new(metrics.as_ref().clone())) {
+        tracing::warn!(%error, "the cell's series are not on the leader's /metrics");
+    }
     view.lead(api::router(state.clone()).merge(api::cell::routes(state.clone(), Arc::clone(node))));
     let (lead_end, lead_ended) = watch::channel(false);
     let services = tokio::spawn(run_ledger(
@@ -545,15 +547,7 @@ async fn dispatch(State(view): State<Arc<View>>, request: Request) -> Response {
 
 /// The metrics token, checked on a follower as the leader's API checks it.
 fn refuse_metrics(view: &View, request: &Request) -> Option<Response> {
-    use subtle::ConstantTimeEq as _;
-    let expected = view.metrics_token.as_ref()?;
-    let given = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+    if api::metrics_token_given(view.metrics_token.as_deref(), request.headers()) {
         return None;
     }
     Some(

@@ -50,25 +50,31 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Whether `headers` carry the metrics token `expected` as a bearer credential (or
+/// none is configured), compared in constant time.
+#[must_use]
+pub fn metrics_token_given(expected: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(expected) = expected else { return true };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
 /// `/metrics`: every series in Prometheus text format.
 pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.config.metrics_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-            state.metrics.auth_refused.with_label_values(&["metrics_token"]).inc();
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the metrics token is required",
-            ));
-        }
+    if !metrics_token_given(state.config.metrics_token.as_deref(), &headers) {
+        state.metrics.auth_refused.with_label_values(&["metrics_token"]).inc();
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the metrics token is required",
+        ));
     }
     state.ledger.refresh_metrics();
     match state.workflows.overdue(onecard_engine::date::now_ms()) {

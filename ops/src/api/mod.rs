@@ -56,6 +56,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use auth::Sessions;
+pub use health::metrics_token_given;
 
 use crate::config::Config;
 use crate::operators::{OperatorError, Operators};
