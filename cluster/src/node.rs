@@ -35,17 +35,24 @@ pub struct NodeSettings {
     pub dir: PathBuf,
     /// Every founding member of the cell and its addresses, this node included.
     pub members: BTreeMap<NodeId, NodeAddress>,
+    /// Where this node listens for its peers, when that is not the cluster address
+    /// the members list for it (a node behind a proxy or a NAT).
+    pub listen: Option<SocketAddr>,
     /// Shards of a new store.
     pub shards: usize,
 }
 
 impl NodeSettings {
-    /// This node's own address on the cluster link.
+    /// Where this node listens on the cluster link: [`NodeSettings::listen`], or else
+    /// its own cluster address among the members.
     ///
     /// # Errors
     /// [`ClusterError::Settings`] if the node is not among the members or its address
     /// does not parse.
     pub fn listen_address(&self) -> Result<SocketAddr, ClusterError> {
+        if let Some(listen) = self.listen {
+            return Ok(listen);
+        }
         let address = self.members.get(&self.id).ok_or_else(|| {
             ClusterError::Settings(format!("node {} is not among the members", self.id))
         })?;

@@ -34,6 +34,7 @@ fn settings(id: u64, dir: &TempDir, members: &BTreeMap<u64, NodeAddress>) -> Nod
         id,
         dir: dir.path().to_owned(),
         members: members.clone(),
+        listen: None,
         shards: 2,
     }
 }

@@ -94,6 +94,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         id: cluster.node_id,
         dir: config.data_dir.clone(),
         members: cluster.members.iter().map(|(id, m)| (*id, address_of(m))).collect(),
+        listen: Some(cluster.cluster_listen),
         shards: config.ledger.shards,
     };
     // A node with no Raft log yet is new; the first member founds a new cell.

@@ -197,6 +197,11 @@ pub struct ClusterSettings {
     pub cell: String,
     /// This node's id among the members.
     pub node_id: u64,
+    /// Where this node listens for its peers, when that is not the cluster address
+    /// its own entry in `members` gives (a node behind a proxy or a NAT: the entry
+    /// names the address the others reach, this the one the node binds).
+    #[serde(default)]
+    pub cluster_listen: Option<SocketAddr>,
     /// Every member, this node included.
     pub members: Vec<MemberSettings>,
 }
@@ -222,6 +227,9 @@ pub struct ClusterConfig {
     pub cell: String,
     /// This node's id.
     pub node_id: u64,
+    /// Where this node listens on the cluster link: its `cluster_listen`, or else its
+    /// own entry's cluster address.
+    pub cluster_listen: SocketAddr,
     /// Every member by id.
     pub members: std::collections::BTreeMap<u64, MemberSettings>,
 }
@@ -258,12 +266,11 @@ impl ClusterConfig {
                 "cluster.members: node {id} is given twice"
             );
         }
-        anyhow::ensure!(
-            members.contains_key(&settings.node_id),
-            "cluster.node_id {} is not among cluster.members",
-            settings.node_id
-        );
-        Ok(Self { cell: settings.cell, node_id: settings.node_id, members })
+        let me = members.get(&settings.node_id).with_context(|| {
+            format!("cluster.node_id {} is not among cluster.members", settings.node_id)
+        })?;
+        let cluster_listen = settings.cluster_listen.unwrap_or(me.cluster);
+        Ok(Self { cell: settings.cell, node_id: settings.node_id, cluster_listen, members })
     }
 
     /// This node's own entry.

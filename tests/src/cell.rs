@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::proxy::Proxy;
 use crate::{Server, TempDir, run_onecard};
 
 /// A node's three addresses.
@@ -16,8 +17,11 @@ use crate::{Server, TempDir, run_onecard};
 pub struct Member {
     /// The node's id.
     pub id: u64,
-    /// Its cluster link.
+    /// Its cluster link, as the other members reach it (a proxy's, for a node behind
+    /// one).
     pub cluster: SocketAddr,
+    /// Where it listens for its peers.
+    pub cluster_listen: SocketAddr,
     /// Its terminal port.
     pub terminals: SocketAddr,
     /// Its admin API.
@@ -32,6 +36,8 @@ pub struct Cell {
     nodes: BTreeMap<u64, Option<Server>>,
     env: BTreeMap<u64, Vec<(String, String)>>,
     demo_cards: u64,
+    /// The proxy in front of each node's cluster link, in a cell started behind them.
+    proxies: BTreeMap<u64, Proxy>,
 }
 
 /// A free loopback port, released for the caller to bind (a race another process
@@ -62,20 +68,59 @@ impl Cell {
         demo_cards: u64,
         env: &BTreeMap<u64, Vec<(String, String)>>,
     ) -> Self {
+        Self::build(label, size, demo_cards, env, false)
+    }
+
+    /// [`Cell::start`] with every node's cluster link behind a proxy of its own: the
+    /// members list the proxies' addresses, each node listens on its own
+    /// (`cluster_listen`), and [`Cell::cut`] cuts a node's inbound link.
+    ///
+    /// # Panics
+    /// As [`Cell::start`].
+    #[must_use]
+    pub fn start_behind_proxies(label: &str, size: u64, demo_cards: u64) -> Self {
+        Self::build(label, size, demo_cards, &BTreeMap::new(), true)
+    }
+
+    fn build(
+        label: &str,
+        size: u64,
+        demo_cards: u64,
+        env: &BTreeMap<u64, Vec<(String, String)>>,
+        proxied: bool,
+    ) -> Self {
         let dir = TempDir::new(label);
+        let mut proxies = BTreeMap::new();
+        // Every port stays bound until all are chosen, so a proxy's own port (the
+        // system picks it) is never one already chosen for a node.
+        let mut reserved = Vec::new();
+        let mut reserve = || {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+            let address = listener.local_addr().expect("a bound port's address");
+            reserved.push(listener);
+            address
+        };
         let members: Vec<Member> = (1..=size)
-            .map(|id| Member {
-                id,
-                cluster: free_address(),
-                terminals: free_address(),
-                admin: free_address(),
+            .map(|id| {
+                let cluster_listen = reserve();
+                let cluster = if proxied {
+                    let proxy = Proxy::start(cluster_listen);
+                    let address = proxy.address();
+                    proxies.insert(id, proxy);
+                    address
+                } else {
+                    cluster_listen
+                };
+                Member { id, cluster, cluster_listen, terminals: reserve(), admin: reserve() }
             })
             .collect();
+        drop(reserved);
         let key_file = dir.path().join("master.key");
         let key: String = (0..32).map(|i| format!("{:02x}", (i * 37 + 11) % 256)).collect();
         std::fs::write(&key_file, format!("{key}\n")).expect("write the master key");
         set_private(&key_file);
-        let mut cell = Self { dir, members, nodes: BTreeMap::new(), env: env.clone(), demo_cards };
+        let mut cell =
+            Self { dir, members, nodes: BTreeMap::new(), env: env.clone(), demo_cards, proxies };
         for id in 1..=size {
             cell.write_config(id);
         }
@@ -95,9 +140,16 @@ impl Cell {
                 m.id, m.cluster, m.terminals, m.admin
             );
         }
+        let me = self.members.iter().find(|m| m.id == id).expect("a member");
+        let listen = if me.cluster_listen == me.cluster {
+            String::new()
+        } else {
+            format!("cluster_listen = \"{}\"\n", me.cluster_listen)
+        };
         let text = format!(
             "data_dir = {:?}\nmaster_key_file = {:?}\ndemo = true\ndemo_cards = {}\n\
-             backup_at = \"off\"\n\n[cluster]\ncell = \"test-campus\"\nnode_id = {id}\n{table}",
+             backup_at = \"off\"\n\n[cluster]\ncell = \"test-campus\"\nnode_id = {id}\n\
+             {listen}{table}",
             self.node_dir(id).display().to_string(),
             self.dir.path().join("master.key").display().to_string(),
             self.demo_cards,
@@ -112,9 +164,11 @@ impl Cell {
     /// If the node does not start.
     pub fn add_node(&mut self) -> Member {
         let id = self.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let cluster = free_address();
         let member = Member {
             id,
-            cluster: free_address(),
+            cluster,
+            cluster_listen: cluster,
             terminals: free_address(),
             admin: free_address(),
         };
@@ -196,6 +250,32 @@ impl Cell {
     /// Stops node `id` with SIGTERM and waits for it.
     pub fn stop(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         self.nodes.get_mut(&id).and_then(Option::take).map(Server::stop)
+    }
+
+    /// Cuts node `id`'s inbound cluster link at its proxy: no peer reaches it (its
+    /// own calls to the others still go through).
+    ///
+    /// # Panics
+    /// If the cell was not started behind proxies.
+    pub fn cut(&self, id: u64) {
+        self.proxies.get(&id).expect("a cell behind proxies").cut();
+    }
+
+    /// Heals node `id`'s link cut by [`Cell::cut`].
+    ///
+    /// # Panics
+    /// If the cell was not started behind proxies.
+    pub fn heal(&self, id: u64) {
+        self.proxies.get(&id).expect("a cell behind proxies").heal();
+    }
+
+    /// Connections to node `id` its proxy refused while cut.
+    ///
+    /// # Panics
+    /// If the cell was not started behind proxies.
+    #[must_use]
+    pub fn refused(&self, id: u64) -> u64 {
+        self.proxies.get(&id).expect("a cell behind proxies").refused()
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to node `id`.

@@ -8,6 +8,7 @@
 //! tests of its own, which makes cargo build the binary before any test runs).
 
 pub mod cell;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -43,16 +44,22 @@ pub const fn purchase_at(
 /// How long a server may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The `onecard` binary next to the running test executable.
+/// The `onecard` binary of the running executable's target directory: a test's
+/// (`target/<profile>/deps/<test>`) or a benchmark binary's (`target/<profile>/<bin>`).
 ///
 /// # Panics
 /// If the binary has not been built.
 #[must_use]
 pub fn onecard_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
-    // target/<profile>/deps/<test> -> target/<profile>/onecard
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
-    let binary = profile_dir.join(format!("onecard{}", std::env::consts::EXE_SUFFIX));
+    let name = format!("onecard{}", std::env::consts::EXE_SUFFIX);
+    let beside = exe.parent().expect("target/<profile>");
+    let profile_dir = if beside.ends_with("deps") {
+        beside.parent().expect("target/<profile>/deps")
+    } else {
+        beside
+    };
+    let binary = profile_dir.join(name);
     assert!(
         binary.exists(),
         "{} is missing: run the suite with `cargo test --workspace`",

@@ -358,15 +358,12 @@ fn a_leader_paused_past_its_lease_answers_nothing_as_leader_once_it_resumes() {
     check_replicas(cell, &[1, 2, 3]);
 }
 
-#[test]
-fn a_failing_disk_on_one_follower_takes_out_that_node_alone() {
-    // Node 3's disk fails its 301st write: its Raft stops and the process exits; the
-    // other two keep approving.
-    let env = BTreeMap::from([(
-        3,
-        vec![("ONECARD_STORAGE_FAULT".to_owned(), "write_fails+300".to_owned())],
-    )]);
-    let mut cell = Cell::start_with_env("cell-disk", 3, 200, &env);
+/// Node 3's disk suffers `fault` on its 301st write: its Raft stops and the process
+/// exits; the other two keep approving.
+fn a_storage_fault_on_one_follower_takes_out_that_node_alone(label: &str, fault: &str) {
+    let env =
+        BTreeMap::from([(3, vec![("ONECARD_STORAGE_FAULT".to_owned(), format!("{fault}+300"))])]);
+    let mut cell = Cell::start_with_env(label, 3, 200, &env);
     let leader = cell.wait_leader(WAIT);
     if leader == 3 {
         // The faulty node must be a follower for this scenario: hand the lead on.
@@ -379,13 +376,56 @@ fn a_failing_disk_on_one_follower_takes_out_that_node_alone() {
     let deadline = Instant::now() + WAIT;
     while cell.is_running(3) {
         approved = load.wait_progress(approved, 20);
-        assert!(Instant::now() < deadline, "node 3's disk never failed");
+        assert!(Instant::now() < deadline, "node 3's disk never failed ({fault})");
     }
     cell.kill(3);
     let approved = load.wait_progress(approved, 100);
     assert!(approved > 0);
     load.finish_and_check();
     check_replicas(cell, &[1, 2]);
+}
+
+#[test]
+fn a_failing_write_on_one_follower_takes_out_that_node_alone() {
+    a_storage_fault_on_one_follower_takes_out_that_node_alone("cell-write", "write_fails");
+}
+
+#[test]
+fn a_failing_sync_on_one_follower_takes_out_that_node_alone() {
+    a_storage_fault_on_one_follower_takes_out_that_node_alone("cell-sync", "sync_fails");
+}
+
+#[test]
+fn a_full_disk_on_one_follower_takes_out_that_node_alone() {
+    a_storage_fault_on_one_follower_takes_out_that_node_alone("cell-full", "disk_full");
+}
+
+#[test]
+fn a_follower_cut_off_from_its_peers_catches_up_once_the_link_heals() {
+    let cell = Cell::start_behind_proxies("cell-cut", 3, 200);
+    let leader = cell.wait_leader(WAIT);
+    let load = Load::start(&cell, 2);
+    let mut approved = load.wait_progress(0, 30);
+    let cut = followers(&cell, leader)[0];
+    let applied = |id| cell.status(id).and_then(|s| s["applied_index"].as_u64()).unwrap_or(0);
+    cell.cut(cut);
+    // The leader and the other follower are a majority: approvals go on while the
+    // cut node's replica stands still.
+    approved = load.wait_progress(approved, 200);
+    let stood_at = applied(cut);
+    approved = load.wait_progress(approved, 100);
+    assert_eq!(applied(cut), stood_at, "node {cut} applied entries while cut off");
+    assert!(applied(leader) > stood_at, "the leader moved on without node {cut}");
+    assert!(cell.refused(cut) > 0, "the leader never tried node {cut} again while it was cut");
+    cell.heal(cut);
+    let deadline = Instant::now() + WAIT;
+    while applied(cut) <= stood_at {
+        assert!(Instant::now() < deadline, "node {cut} did not catch up once healed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = load.wait_progress(approved, 50);
+    load.finish_and_check();
+    check_replicas(cell, &[1, 2, 3]);
 }
 
 #[test]
