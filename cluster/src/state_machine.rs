@@ -9,7 +9,9 @@
 //!
 //! A snapshot is a RocksDB checkpoint of the store (hard links, then the files packed
 //! into one tar file under `snapshots/`), taken while no entry is being applied so
-//! that its data and its recorded position agree. Installing one closes the store,
+//! that its data and its recorded position agree. The memtables are flushed first,
+//! while entries go on being applied, so that pause is short; building and packing
+//! run on a blocking thread, not on the workers that run Raft. Installing one closes the store,
 //! puts the unpacked checkpoint in its place and opens it again; the ledger must not
 //! be open on the store then, and a node installs snapshots only while it follows.
 
@@ -308,7 +310,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let incoming = self.store_dir.with_extension("incoming");
         let _ = std::fs::remove_dir_all(&incoming);
-        unpack(&file, &incoming).map_err(|e| failed(&e))?;
+        let (packed, into) = (file.clone(), incoming.clone());
+        tokio::task::spawn_blocking(move || unpack(&packed, &into))
+            .await
+            .map_err(|e| failed(&io::Error::other(e.to_string())))?
+            .map_err(|e| failed(&e))?;
         // The swap: nobody else may hold the store (a node installs snapshots only
         // while it follows, with no ledger open on it).
         let mut slot = self.slot.store.write().unwrap_or_else(PoisonError::into_inner);
@@ -367,41 +373,75 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let failed = |error: &dyn std::error::Error| {
-            io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, error)
-        };
-        let store = self.slot.get().ok_or_else(|| failed(&io::Error::other("no store")))?;
+        let (slot, snapshots) = (Arc::clone(&self.slot), self.snapshots.clone());
         let number = self.next_file.fetch_add(1, Ordering::Relaxed);
-        let checkpoint = self.snapshots.join(format!("checkpoint-{number}"));
-        let _ = std::fs::remove_dir_all(&checkpoint);
-        let applied = {
-            let _applying = self.slot.applying.lock().unwrap_or_else(PoisonError::into_inner);
-            let applied = read_applied(&store)?;
-            rocksdb::checkpoint::Checkpoint::new(store.db())
-                .and_then(|taker| taker.create_checkpoint(&checkpoint))
-                .map_err(|e| failed(&e))?;
-            applied
-        };
-        drop(store);
-        let (last_log_id, last_membership) = applied;
-        let snapshot_id = match last_log_id {
-            Some(log_id) => format!("{}-{}-{number}", log_id.leader_id, log_id.index),
-            None => format!("empty-{number}"),
-        };
-        let file = self.snapshots.join(format!("{snapshot_id}.tar"));
-        let packed = pack(&checkpoint, &file);
-        let _ = std::fs::remove_dir_all(&checkpoint);
-        packed.map_err(|e| failed(&e))?;
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        StateMachine::hold(
-            &self.snapshots,
-            &HeldSnapshot { meta: meta.clone(), file: file.clone() },
-        )
-        .map_err(|e| failed(&e))?;
-        let file = tokio::fs::File::open(&file).await.map_err(|e| failed(&e))?;
+        // The checkpoint flushes the store's memtables and the packing copies every
+        // file of it: seconds of disk work on a large store, kept off the runtime's
+        // workers, which run Raft and the cluster link.
+        let (meta, file) =
+            tokio::task::spawn_blocking(move || build_checkpoint(&slot, &snapshots, number))
+                .await
+                .map_err(|e| snapshot_failed(&io::Error::other(e.to_string())))??;
+        let file = tokio::fs::File::open(&file).await.map_err(|e| snapshot_failed(&e))?;
         self.slot.snapshots_built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
+}
+
+fn snapshot_failed(error: &dyn std::error::Error) -> StorageError<NodeId> {
+    io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, error)
+}
+
+/// Takes snapshot number `number` of the store in `slot` into `snapshots/`: a
+/// checkpoint taken while no entry is applied (so its data and its recorded position
+/// agree), packed into one tar file, then held as the node's current snapshot.
+fn build_checkpoint(
+    slot: &StoreSlot,
+    snapshots: &Path,
+    number: u64,
+) -> Result<(SnapshotMeta<NodeId, NodeAddress>, PathBuf), StorageError<NodeId>> {
+    let store = slot.get().ok_or_else(|| snapshot_failed(&io::Error::other("no store")))?;
+    let checkpoint = snapshots.join(format!("checkpoint-{number}"));
+    let _ = std::fs::remove_dir_all(&checkpoint);
+    let started = std::time::Instant::now();
+    // A checkpoint flushes the memtables, which on a busy disk takes a second; done
+    // first, while entries go on being applied, the flush under the lock below has
+    // only what arrived since.
+    store.flush_memtables().map_err(|e| snapshot_failed(&e))?;
+    let locked = std::time::Instant::now();
+    let applied = {
+        let _applying = slot.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        let applied = read_applied(&store)?;
+        rocksdb::checkpoint::Checkpoint::new(store.db())
+            .and_then(|taker| taker.create_checkpoint(&checkpoint))
+            .map_err(|e| snapshot_failed(&e))?;
+        applied
+    };
+    drop(store);
+    let (flush_ms, checkpoint_ms) =
+        (locked.duration_since(started).as_millis(), locked.elapsed().as_millis());
+    let (last_log_id, last_membership) = applied;
+    let snapshot_id = match last_log_id {
+        Some(log_id) => format!("{}-{}-{number}", log_id.leader_id, log_id.index),
+        None => format!("empty-{number}"),
+    };
+    let file = snapshots.join(format!("{snapshot_id}.tar"));
+    let packed = pack(&checkpoint, &file);
+    let _ = std::fs::remove_dir_all(&checkpoint);
+    packed.map_err(|e| snapshot_failed(&e))?;
+    let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+    StateMachine::hold(snapshots, &HeldSnapshot { meta: meta.clone(), file: file.clone() })
+        .map_err(|e| snapshot_failed(&e))?;
+    let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    tracing::info!(
+        snapshot = %meta.snapshot_id,
+        bytes,
+        flush_ms,
+        checkpoint_ms,
+        total_ms = started.elapsed().as_millis(),
+        "built a snapshot"
+    );
+    Ok((meta, file))
 }
 
 /// Packs the checkpoint directory `dir` into the tar file `file`.

@@ -521,6 +521,16 @@ impl Store {
         &self.families
     }
 
+    /// Flushes every family's memtable to its files and waits for it: what a
+    /// checkpoint would otherwise do while its caller holds writes back.
+    ///
+    /// # Errors
+    /// A failed flush.
+    pub fn flush_memtables(&self) -> Result<(), rocksdb::Error> {
+        let families: Vec<&ColumnFamily> = self.families.iter().map(|name| self.cf(name)).collect();
+        self.db.flush_cfs_opt(&families, &rocksdb::FlushOptions::default())
+    }
+
     /// The underlying database, for reads. Writes go through [`Store::write`].
     #[must_use]
     pub const fn db(&self) -> &DB {
