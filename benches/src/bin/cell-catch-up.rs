@@ -6,7 +6,7 @@
 //! buy until the other two have approved `--transfers` purchases, stops them, starts
 //! the follower again and times two things: from the start to its ready line (the
 //! process opens its store and log), and from the ready line until it has applied
-//! every entry the leader had. Repeats `--rounds` times on a fresh cell and prints
+//! every entry the leader had, and whether it needed a snapshot. Repeats `--rounds` times on a fresh cell and prints
 //! each round and the medians.
 //!
 //! ```text
@@ -52,6 +52,9 @@ struct Round {
     entries_behind: u64,
     ready_ms: u128,
     caught_up_ms: u128,
+    /// Whether the node caught up through a snapshot of the leader's store (the
+    /// entries it lacked were purged from the leader's log) rather than the log.
+    from_snapshot: bool,
 }
 
 fn main() -> Result<(), String> {
@@ -63,8 +66,13 @@ fn main() -> Result<(), String> {
     for round in 0..args.rounds {
         let figures = measure(&args)?;
         println!(
-            "round {round}: {} entries behind ({} purchases); ready after {} ms, caught up {} ms later",
-            figures.entries_behind, args.transfers, figures.ready_ms, figures.caught_up_ms
+            "round {round}: {} entries behind ({} purchases); ready after {} ms, caught up {} ms \
+             later, from {}",
+            figures.entries_behind,
+            args.transfers,
+            figures.ready_ms,
+            figures.caught_up_ms,
+            if figures.from_snapshot { "a snapshot and the log" } else { "the log" }
         );
         rounds.push(figures);
     }
@@ -92,7 +100,10 @@ fn applied_index(cell: &Cell, id: u64) -> Option<u64> {
 }
 
 fn measure(args: &Args) -> Result<Round, String> {
-    let mut cell = Cell::start("catch-up", 3, args.cards);
+    // The cluster crate's info lines say whether a node installed a snapshot.
+    let logging = vec![("RUST_LOG".to_owned(), "warn,onecard_cluster=info".to_owned())];
+    let env = (1..=3).map(|id| (id, logging.clone())).collect();
+    let mut cell = Cell::start_with_env("catch-up", 3, args.cards, &env);
     let leader = cell.wait_leader(WAIT);
     let down = cell
         .members()
@@ -114,10 +125,13 @@ fn measure(args: &Args) -> Result<Round, String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    let caught_up_ms = ready.elapsed().as_millis();
+    let log = std::fs::read_to_string(cell.log(down)).map_err(|e| e.to_string())?;
     Ok(Round {
         entries_behind: target.saturating_sub(before),
         ready_ms,
-        caught_up_ms: ready.elapsed().as_millis(),
+        caught_up_ms,
+        from_snapshot: log.contains("installed a snapshot from the leader"),
     })
 }
 
@@ -136,7 +150,7 @@ fn buy(cell: &Cell, args: &Args) -> Result<(), String> {
         ..ClientConfig::default()
     };
     // Cards of ordinary balance (the demo makes every hundredth card poor), split
-    // between the tills.
+    // between the tills; a till stops selling to a card that is declined.
     let cards: Vec<u64> =
         (0..args.cards).filter(|index| index % 100 != 50).map(|index| CARD_FIRST + index).collect();
     let per_till = (cards.len() / args.tills).max(1);
@@ -162,17 +176,22 @@ fn buy(cell: &Cell, args: &Args) -> Result<(), String> {
                 config.clone(),
                 WAIT,
             );
-            let own: Vec<u64> = cards.iter().skip(n * per_till).take(per_till).copied().collect();
+            let mut own: Vec<u64> =
+                cards.iter().skip(n * per_till).take(per_till).copied().collect();
             let (approved, goal) = (Arc::clone(&approved), args.transfers);
             Ok(runtime.spawn(async move {
                 let mut next = 0;
                 while approved.load(Ordering::Relaxed) < goal {
-                    let card = own[next % own.len()];
+                    let Some(card) = own.get(next % own.len().max(1)).copied() else {
+                        return Err(format!("terminal {id}: every card of its own was declined"));
+                    };
                     next += 1;
                     match client.call(purchase(card, 1)).await.1 {
                         Ok(Answer::Purchase(answer)) if answer.code == AnswerCode::Approved => {
                             approved.fetch_add(1, Ordering::Relaxed);
                         }
+                        // A lost or frozen card of the demo: sell to the others.
+                        Ok(Answer::Purchase(_)) => own.retain(|c| *c != card),
                         other => return Err(format!("card {card}: {other:?}")),
                     }
                 }
