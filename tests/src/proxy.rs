@@ -118,7 +118,8 @@ fn forward(caller: TcpStream, node: TcpStream, shared: &Arc<Shared>) -> io::Resu
     let _ = node.set_nodelay(true);
     {
         let mut live = shared.live.lock().unwrap_or_else(PoisonError::into_inner);
-        // Closed connections' ends pile up otherwise: drop those already shut.
+        // Drop the ends the system no longer reports connected, so the list follows
+        // the connections carried rather than every one ever made.
         live.retain(|stream| stream.peer_addr().is_ok());
         live.push(caller.try_clone()?);
         live.push(node.try_clone()?);
