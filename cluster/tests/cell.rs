@@ -77,18 +77,24 @@ impl Cell {
         }
     }
 
-    /// Waits until every running node has applied what `leader` has, and returns the
-    /// applied index.
+    /// Waits until every running node has applied what `leader` has, and the leader
+    /// nothing more meanwhile (an entry still committing, a membership change's, moves
+    /// it on), and returns the applied index they share.
     async fn settle(&self, leader: u64) -> u64 {
-        let index = self.nodes[&leader].metrics().last_applied.map_or(0, |id| id.index);
-        for node in self.nodes.values() {
-            node.raft()
-                .wait(Some(WAIT))
-                .applied_index_at_least(Some(index), "the node catches up")
-                .await
-                .expect("catches up");
+        let applied = |node: &Node| node.metrics().last_applied.map_or(0, |id| id.index);
+        loop {
+            let index = applied(&self.nodes[&leader]);
+            for node in self.nodes.values() {
+                node.raft()
+                    .wait(Some(WAIT))
+                    .applied_index_at_least(Some(index), "the node catches up")
+                    .await
+                    .expect("catches up");
+            }
+            if self.nodes.values().all(|node| applied(node) == index) {
+                return index;
+            }
         }
-        index
     }
 
     /// Every running node's state hash: all equal, or the test fails.
@@ -99,8 +105,16 @@ impl Cell {
             .map(|(id, node)| (*id, node.store().expect("a store").state_hash().expect("hashes")))
             .collect();
         let first = *hashes.values().next().expect("a node");
+        let applied: BTreeMap<u64, Option<u64>> = self
+            .nodes
+            .iter()
+            .map(|(id, node)| (*id, node.metrics().last_applied.map(|log_id| log_id.index)))
+            .collect();
         for (id, hash) in &hashes {
-            assert_eq!(hash, &first, "node {id}'s store differs: {hashes:02x?}");
+            assert_eq!(
+                hash, &first,
+                "node {id}'s store differs (applied {applied:?}): {hashes:02x?}"
+            );
         }
         first
     }
