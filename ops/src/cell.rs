@@ -93,7 +93,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         cell: cluster.cell.clone(),
         id: cluster.node_id,
         dir: config.data_dir.clone(),
-        members: cluster.members.iter().map(|(id, m)| (*id, address_of(m))).collect(),
+        members: cluster.members.iter().map(|(id, m)| (*id, m.address())).collect(),
         listen: Some(cluster.cluster_listen),
         shards: config.ledger.shards,
     };
@@ -118,15 +118,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("cell node stopped");
     outcome
-}
-
-/// A member's addresses as the cell's membership carries them.
-fn address_of(member: &crate::config::MemberSettings) -> NodeAddress {
-    NodeAddress {
-        cluster: member.cluster.to_string(),
-        terminals: member.terminals.to_string(),
-        admin: member.admin.to_string(),
-    }
 }
 
 /// The node's life: follow, lead when elected, follow again when deposed.
@@ -752,8 +743,8 @@ impl CellMetrics {
 }
 
 impl CellMetrics {
-    /// Every plain gauge, for the collector.
-    fn gauges(&self) -> [&IntGauge; 10] {
+    /// Every series of the cell, for the collector.
+    fn series(&self) -> [&dyn prometheus::core::Collector; 14] {
         [
             &self.leader,
             &self.leader_known,
@@ -765,27 +756,21 @@ impl CellMetrics {
             &self.voters,
             &self.snapshots_built,
             &self.snapshots_installed,
+            &self.quorum_ack_age,
+            &self.follower_lag,
+            &self.term_changes,
+            &self.leader_changes,
         ]
     }
 }
 
 impl prometheus::core::Collector for CellMetrics {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        let mut descs: Vec<_> = self.gauges().into_iter().flat_map(|g| g.desc()).collect();
-        descs.extend(self.quorum_ack_age.desc());
-        descs.extend(self.follower_lag.desc());
-        descs.extend(self.term_changes.desc());
-        descs.extend(self.leader_changes.desc());
-        descs
+        self.series().into_iter().flat_map(prometheus::core::Collector::desc).collect()
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let mut families: Vec<_> = self.gauges().into_iter().flat_map(|g| g.collect()).collect();
-        families.extend(self.quorum_ack_age.collect());
-        families.extend(self.follower_lag.collect());
-        families.extend(self.term_changes.collect());
-        families.extend(self.leader_changes.collect());
-        families
+        self.series().into_iter().flat_map(prometheus::core::Collector::collect).collect()
     }
 }
 

@@ -220,6 +220,18 @@ pub struct MemberSettings {
     pub admin: SocketAddr,
 }
 
+impl MemberSettings {
+    /// The member's addresses as the cell's membership carries them.
+    #[must_use]
+    pub fn address(&self) -> onecard_cluster::NodeAddress {
+        onecard_cluster::NodeAddress {
+            cluster: self.cluster.to_string(),
+            terminals: self.terminals.to_string(),
+            admin: self.admin.to_string(),
+        }
+    }
+}
+
 /// A cell's resolved settings.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {

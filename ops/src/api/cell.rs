@@ -3,7 +3,6 @@
 //! dead node".
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +12,12 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, post};
+use onecard_cluster::Node;
 use onecard_cluster::openraft::ChangeMembers;
-use onecard_cluster::{Node, NodeAddress};
-use serde::Deserialize;
 
 use super::auth::{Caller, Permission};
 use super::{ApiError, ApiResult, AppState};
+use crate::config::MemberSettings;
 
 /// How long a new node may take to catch up (a snapshot of the whole store, then the
 /// log) before the request gives up; the node goes on catching up as a learner.
@@ -33,16 +32,6 @@ pub fn routes(api: AppState, node: Arc<Node>) -> Router {
         .with_state(api)
 }
 
-/// `POST /api/cluster/members`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddMember {
-    id: u64,
-    cluster: SocketAddr,
-    terminals: SocketAddr,
-    admin: SocketAddr,
-}
-
 fn refused(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "cell_change_refused", message)
 }
@@ -51,7 +40,8 @@ async fn add(
     State(state): State<AppState>,
     Extension(node): Extension<Arc<Node>>,
     caller: Caller,
-    Json(member): Json<AddMember>,
+    // The body is a member as the config's `[[cluster.members]]` table gives one.
+    Json(member): Json<MemberSettings>,
 ) -> ApiResult<serde_json::Value> {
     caller.require(&state, Permission::CellWrite)?;
     let target = format!("node {}", member.id);
@@ -61,11 +51,7 @@ async fn add(
     let outcome = if metrics.membership_config.membership().get_node(&member.id).is_some() {
         Err(refused(format!("{target} is a member already; a replacement takes a new id")))
     } else {
-        let address = NodeAddress {
-            cluster: member.cluster.to_string(),
-            terminals: member.terminals.to_string(),
-            admin: member.admin.to_string(),
-        };
+        let address = member.address();
         let raft = node.raft();
         match tokio::time::timeout(CATCH_UP_MAX, raft.add_learner(member.id, address, true)).await {
             Err(_) => Err(ApiError::new(
