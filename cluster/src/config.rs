@@ -17,6 +17,15 @@ pub const HEARTBEAT_MS: u64 = 100;
 /// stands for election.
 pub const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1_000);
 
+/// The leader answers from memory only while a majority accepted an append it sent
+/// less than this long ago, ms (`lease`): shorter than the shortest election timeout,
+/// before which no follower that accepted it stands or votes, by a margin for the
+/// rates of two machines' clocks and the time from the check to the answer's write.
+pub const LEASE_MS: u64 = 400;
+
+const _: () = assert!(LEASE_MS + 100 <= ELECTION_TIMEOUT_MS.0, "the lease ends before any vote");
+const _: () = assert!(HEARTBEAT_MS * 2 <= LEASE_MS, "heartbeats renew the lease twice over");
+
 /// Entries in one append RPC at most.
 pub const APPEND_ENTRIES_MAX: u64 = 64;
 

@@ -16,6 +16,8 @@
 //! - [`state_machine`] — applies entries to the engine's store, with the entry's
 //!   position in the same atomic write; builds and installs snapshots.
 //! - [`network`] — the cluster link: length-delimited frames over TCP, postcard.
+//! - [`lease`] — whether the leader may answer from memory: its lead confirmed by a
+//!   majority within the lease.
 //! - [`node`] — one node: its store, its log, its listener and its Raft; the door.
 //!
 //! docs/SCALING.md gives the design and the choice of openraft.
@@ -26,6 +28,7 @@
 )]
 
 pub mod config;
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -8,6 +8,8 @@
 //! the card centre's private network between the cell's machines.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use openraft::error::{
@@ -25,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::config::{CONNECT_TIMEOUT, FRAME_BYTES_MAX};
+use crate::lease::Lease;
 use crate::{NodeAddress, NodeId, Raft, TypeConfig, decode, encode};
 
 /// A call from one node to another.
@@ -47,15 +50,31 @@ fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder().max_frame_length(FRAME_BYTES_MAX).new_codec()
 }
 
-/// Dials the cell's peers on openraft's behalf.
+/// Dials the cell's peers on openraft's behalf, and records in the leader's
+/// [`Lease`] every append a peer accepts.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    lease: Arc<Lease>,
+}
+
+impl Network {
+    /// A network that records accepted appends in `lease`.
+    #[must_use]
+    pub const fn new(lease: Arc<Lease>) -> Self {
+        Self { lease }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddress) -> Peer {
-        Peer { target, address: node.cluster.clone(), connection: None }
+        Peer {
+            target,
+            address: node.cluster.clone(),
+            connection: None,
+            lease: Arc::clone(&self.lease),
+        }
     }
 }
 
@@ -66,6 +85,7 @@ pub struct Peer {
     target: NodeId,
     address: String,
     connection: Option<Framed<TcpStream, LengthDelimitedCodec>>,
+    lease: Arc<Lease>,
 }
 
 /// Why a call did not get its answer.
@@ -159,8 +179,17 @@ impl RaftNetwork<TypeConfig> for Peer {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddress, RaftError<NodeId>>>
     {
         let entries = rpc.entries.len();
+        let term = rpc.vote.leader_id.term;
+        let sent = Instant::now();
         match self.call(&Call::Append(rpc), &option).await {
-            Ok(Reply::Append(Ok(answer))) => Ok(answer),
+            Ok(Reply::Append(Ok(answer))) => {
+                // Any answer but a higher vote means the peer took this node's vote
+                // as its leader's when the append arrived (a conflict included).
+                if !matches!(answer, AppendEntriesResponse::HigherVote(_)) {
+                    self.lease.accepted(self.target, term, sent);
+                }
+                Ok(answer)
+            }
             Ok(Reply::Append(Err(error))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, error)))
             }
@@ -203,9 +232,13 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// Answers peers' calls on `listener` until the task is dropped.
+/// Answers peers' calls on `listener` until the task is dropped, and with it every
+/// connection it accepted (a node stopped in a process that goes on, as in tests,
+/// must not keep answering on an old connection for the raft it stopped).
 pub async fn serve(listener: TcpListener, raft: Raft) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -215,7 +248,7 @@ pub async fn serve(listener: TcpListener, raft: Raft) {
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(answer(stream, peer, raft.clone()));
+        connections.spawn(answer(stream, peer, raft.clone()));
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::{COMMIT_WAIT_MAX, raft_config};
+use crate::lease::Lease;
 use crate::log_store::LogStore;
 use crate::network::{Network, serve};
 use crate::state_machine::{StateMachine, StoreSlot};
@@ -111,10 +112,14 @@ impl Node {
         let slot = state_machine.slot();
         let config =
             raft_config(&settings.cell).map_err(|e| ClusterError::Settings(e.to_string()))?;
-        let raft = Raft::new(settings.id, Arc::new(config), Network, log, state_machine)
+        let lease = Arc::new(Lease::default());
+        let network = Network::new(Arc::clone(&lease));
+        let raft = Raft::new(settings.id, Arc::new(config), network, log, state_machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let door = ReplicatedDoor {
+            id: settings.id,
+            lease,
             raft: raft.clone(),
             runtime: tokio::runtime::Handle::current(),
             families: slot.get().map_or(0, |store| store.families_fingerprint()),
@@ -205,6 +210,8 @@ impl Node {
 /// returns once it is committed and applied here.
 #[derive(Clone)]
 pub struct ReplicatedDoor {
+    id: NodeId,
+    lease: Arc<Lease>,
     raft: Raft,
     runtime: tokio::runtime::Handle,
     families: u64,
@@ -241,10 +248,20 @@ impl ReplicatedDoor {
             Err(_) => Err(StorageError::NotReplicated("the cell's runtime has stopped".into())),
         }
     }
+
+    /// Whether this node leads with its lead confirmed within the lease ([`Lease`]).
+    #[must_use]
+    pub fn holds_lease(&self) -> bool {
+        self.lease.holds(self.id, &self.raft.metrics().borrow())
+    }
 }
 
 impl Replicate for ReplicatedDoor {
     fn replicate(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError> {
         self.write(journal, &batch)
+    }
+
+    fn holds_lease(&self) -> bool {
+        Self::holds_lease(self)
     }
 }

@@ -13,7 +13,7 @@ use onecard_engine::cards::{CardType, LimitOverrides};
 use onecard_engine::directory::MerchantCategory;
 use onecard_engine::storage::StorageError;
 use onecard_engine::{Ledger, LedgerConfig, OpenCard, Submission};
-use onecard_protocol::message::{Reference, TopUp};
+use onecard_protocol::message::{Heartbeat, Reference, SignOn, TopUp};
 use onecard_protocol::{Answer, AnswerCode, Channel, MacAlgorithm, Request, TerminalKey};
 use onecard_tests::{TempDir, purchase};
 use rust_decimal::Decimal;
@@ -330,6 +330,71 @@ async fn a_node_added_late_catches_up_from_a_snapshot_and_replaces_a_member() {
     .await;
     cell.settle(leader).await;
     cell.assert_replicas_agree();
+    for node in std::mem::take(&mut cell.nodes).into_values() {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_its_majority_answers_nothing_from_memory_until_it_returns() {
+    let mut cell = Cell::start(3).await;
+    let config = LedgerConfig { shards: 2, ..LedgerConfig::default() };
+    let leader = cell.leader().await;
+    let ledger = open_ledger(&cell.nodes[&leader], &config).await;
+    let heartbeat = || Request::Heartbeat(Heartbeat { blacklist_version: 0 });
+    let (ledger, till) = blocking(move || {
+        let canteen = ledger
+            .create_merchant("二食堂", MerchantCategory::Canteen, Decimal::new(15, 3))
+            .expect("m");
+        let till = ledger.create_terminal(canteen.id, &TerminalKey::new([3; 32])).expect("t").id;
+        (ledger, till)
+    })
+    .await;
+    let ledger = std::sync::Arc::new(ledger);
+    let submit = |sequence, request| {
+        let ledger = std::sync::Arc::clone(&ledger);
+        blocking(move || ledger.submit_wait(submission(till, sequence, request)))
+    };
+    // With its majority the leader answers from memory: a heartbeat, and a refusal's
+    // retry from the retry window.
+    let door = cell.nodes[&leader].door();
+    assert!(door.holds_lease(), "a leader with both followers holds its lease");
+    assert!(approved(&submit(1, heartbeat()).await));
+    let refused = submit(2, purchase(FIRST_CARD, 100)).await;
+    assert_eq!(refused.code(), AnswerCode::UnknownCard, "{refused:?}");
+    assert_eq!(submit(2, purchase(FIRST_CARD, 100)).await.code(), AnswerCode::UnknownCard);
+
+    // Both followers stop: within the lease, the leader can no longer be sure it leads.
+    let followers: Vec<u64> = cell.nodes.keys().copied().filter(|id| *id != leader).collect();
+    for id in &followers {
+        cell.nodes.remove(id).expect("a follower").shutdown().await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while door.holds_lease() {
+        assert!(tokio::time::Instant::now() < deadline, "the lease never lapsed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let nowhere = |answer: &Answer| matches!(answer, Answer::Redirect(r) if r.code == AnswerCode::NotLeader && r.leader.is_empty());
+    let answer = submit(3, heartbeat()).await;
+    assert!(nowhere(&answer), "a heartbeat without the lease: {answer:?}");
+    let answer =
+        submit(4, Request::SignOn(SignOn { software_version: 1, blacklist_version: 0 })).await;
+    assert!(nowhere(&answer), "a sign-on without the lease: {answer:?}");
+    let answer = submit(2, purchase(FIRST_CARD, 100)).await;
+    assert!(nowhere(&answer), "a retry without the lease: {answer:?}");
+
+    // One follower back is a majority again: the lease is renewed.
+    cell.restart(followers[0]).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !door.holds_lease() {
+        assert!(tokio::time::Instant::now() < deadline, "the lease was never renewed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(approved(&submit(5, heartbeat()).await));
+    assert_eq!(submit(2, purchase(FIRST_CARD, 100)).await.code(), AnswerCode::UnknownCard);
+
+    let ledger = std::sync::Arc::into_inner(ledger).expect("the only holder");
+    blocking(move || ledger.close()).await;
     for node in std::mem::take(&mut cell.nodes).into_values() {
         node.shutdown().await;
     }

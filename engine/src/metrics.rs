@@ -64,10 +64,12 @@ pub enum CloseReason {
     Revoked,
     /// The server is shutting down.
     Shutdown,
+    /// This node can no longer be sure it leads its cell: it answered a redirect.
+    NotLeader,
 }
 
 impl CloseReason {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Client,
         Self::Idle,
         Self::SlowFrame,
@@ -77,6 +79,7 @@ impl CloseReason {
         Self::Io,
         Self::Revoked,
         Self::Shutdown,
+        Self::NotLeader,
     ];
 
     /// The label value.
@@ -92,6 +95,7 @@ impl CloseReason {
             Self::Io => "io",
             Self::Revoked => "revoked",
             Self::Shutdown => "shutdown",
+            Self::NotLeader => "not_leader",
         }
     }
 }

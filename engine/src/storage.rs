@@ -104,6 +104,16 @@ pub trait Replicate: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`StorageError::NotReplicated`] if the write is not known to be committed.
     fn replicate(&self, journal: u8, batch: WriteBatch) -> Result<(), StorageError>;
+
+    /// Whether this node may answer from memory now, with nothing written: whether a
+    /// majority of the cell confirmed its lead recently enough that no other node can
+    /// have been elected since. A leader paused past its election timeout and resumed
+    /// must not answer a sign-on, a heartbeat, a blacklist download or a retry from a
+    /// state the new leader may already have moved past; a write needs no such check,
+    /// since it is answered only once committed.
+    fn holds_lease(&self) -> bool {
+        true
+    }
 }
 
 /// RocksDB itself.

@@ -608,6 +608,13 @@ impl Store {
         self.replicator.set(replicator)
     }
 
+    /// Whether this store may answer from memory now ([`Replicate::holds_lease`]):
+    /// always on a single node; on a cell's, while the node's lead is confirmed.
+    #[must_use]
+    pub fn holds_lease(&self) -> bool {
+        self.replicator.get().is_none_or(|replicator| replicator.holds_lease())
+    }
+
     /// Applies a committed entry of the cell's log: `batch` as its writer's store wrote
     /// it, with the entry's position already added by the caller. Logged and unsynced
     /// (the log entry is what is durable), through the fault door, and never through

@@ -496,6 +496,12 @@ impl Redirect {
             .map_err(|reason| EncodeError::InvalidValue { field: "leader", reason })?;
         Ok(Self { code: AnswerCode::NotLeader, refused_type, leader: leader.to_owned() })
     }
+
+    /// A redirect naming no leader: this node does not know which node leads now.
+    #[must_use]
+    pub const fn nowhere(refused_type: u16) -> Self {
+        Self { code: AnswerCode::NotLeader, refused_type, leader: String::new() }
+    }
 }
 
 /// Whether `address` may be a redirect's leader address.

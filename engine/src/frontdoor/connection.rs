@@ -18,6 +18,10 @@
 //! ready at the same moment go out in one write. A write that does not finish within
 //! the write timeout closes the connection, so a client that never reads holds at most
 //! one pipeline's answers.
+//!
+//! On a cell's leader that can no longer be sure it leads, whatever the ledger would
+//! answer from memory comes back as an unsigned `Redirect` naming no leader (as a
+//! follower's would); the connection closes once it is written.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -136,6 +140,8 @@ pub(super) struct Connection {
     out: BytesMut,
     /// Requests in their shards, at most [`PIPELINE_REQUESTS_MAX`].
     pending: FuturesUnordered<Waiting>,
+    /// A redirect was written: the connection closes.
+    redirected: bool,
 }
 
 impl Connection {
@@ -149,6 +155,7 @@ impl Connection {
             unknown_frames: 0,
             out: BytesMut::with_capacity(1024),
             pending: FuturesUnordered::new(),
+            redirected: false,
         }
     }
 
@@ -182,6 +189,9 @@ impl Connection {
             }
             if self.session.as_ref().is_some_and(Session::is_revoked) {
                 break CloseReason::Revoked;
+            }
+            if self.redirected {
+                break CloseReason::NotLeader;
             }
             tokio::select! {
                 biased;
@@ -508,7 +518,11 @@ impl Connection {
         kind: MessageType,
         arrived: Instant,
     ) {
-        if let Err(error) = frame::encode(envelope, answer, Some(key), &mut self.out) {
+        // A redirect goes unsigned, whoever sends it (docs/PROTOCOL.md §5.13).
+        let redirect = matches!(answer, Answer::Redirect(_));
+        self.redirected |= redirect;
+        let key = (!redirect).then_some(key);
+        if let Err(error) = frame::encode(envelope, answer, key, &mut self.out) {
             // Every answer the engine builds fits a frame; this is a bug, not input.
             tracing::error!(%error, ?answer, "an answer did not encode");
             return;

@@ -1,10 +1,11 @@
 //! The terminal entry point: session messages answered at once, transactions queued
 //! to the terminal's shard.
 
+use onecard_protocol::MessageType;
 use onecard_protocol::message::{BlacklistDownload, Heartbeat, SignOn};
 
 use super::*;
-use crate::shard::{Transaction, refusal_of};
+use crate::shard::{Transaction, not_leading, refusal_of};
 
 /// A session message: answered at once from memory, never queued to a shard.
 enum Session {
@@ -12,6 +13,17 @@ enum Session {
     Heartbeat(Heartbeat),
     BlacklistDownload(BlacklistDownload),
     SignOff,
+}
+
+impl Session {
+    const fn message_type(&self) -> MessageType {
+        match self {
+            Self::SignOn(_) => MessageType::SignOn,
+            Self::Heartbeat(_) => MessageType::Heartbeat,
+            Self::BlacklistDownload(_) => MessageType::BlacklistDownload,
+            Self::SignOff => MessageType::SignOff,
+        }
+    }
 }
 
 /// What the ledger does with a request. The one place that says which messages are
@@ -59,7 +71,12 @@ impl Ledger {
         let Submission { terminal_id, sequence, mac_algorithm, request } = submission;
         let transaction = match Routed::from(request) {
             Routed::Session(session) => {
-                let _ = reply.send(self.answer_session(&terminal, sequence, session));
+                let answer_now = if self.shared.store.holds_lease() {
+                    self.answer_session(&terminal, sequence, session)
+                } else {
+                    not_leading(session.message_type())
+                };
+                let _ = reply.send(answer_now);
                 return answer;
             }
             Routed::Transaction(transaction) => transaction,

@@ -50,7 +50,7 @@ use std::time::Instant;
 use crossbeam::channel::Receiver;
 use onecard_protocol::message::{
     BalanceAnswer, BalanceInquiry, OfflineRecord, OfflineResult, OfflineUpload,
-    OfflineUploadAnswer, Purchase, Refund, Reject, Reversal, TopUp, TransferAnswer,
+    OfflineUploadAnswer, Purchase, Redirect, Refund, Reject, Reversal, TopUp, TransferAnswer,
 };
 use onecard_protocol::pin::PIN_KEY_LABEL;
 use onecard_protocol::{
@@ -322,6 +322,15 @@ impl ShardWriter {
         let postings = Postings::of(date, &work.transfers, &work.entries);
         let committed =
             if work.entries.is_empty() { Ok(None) } else { self.commit(&work).map(Some) };
+        if matches!(committed, Ok(None)) && !self.shared.store.holds_lease() {
+            // Nothing to write: every answer is a retry's or a refusal from memory,
+            // and a node that may have been deposed gives none of them. Nothing
+            // decided here changed any state (those answers return before it does).
+            for (reply, message_type, _) in work.replies {
+                let _ = reply.send(not_leading(message_type));
+            }
+            return;
+        }
         match committed {
             Ok(tail) => {
                 if let Some(tail) = tail {
@@ -548,6 +557,14 @@ impl ShardWriter {
 /// The answer that refuses `request` with `code` before anything was decided.
 pub(crate) fn refusal(request: &Request, code: AnswerCode) -> Answer {
     refusal_of(request.message_type(), code)
+}
+
+/// The answer of a node of a cell that cannot be sure it still leads
+/// ([`crate::store::Store::holds_lease`]) to a request it would answer from memory: a
+/// redirect naming no leader, as a follower's would while the cell elects one.
+/// Nothing happened; the terminal finds the leader and sends it again there.
+pub(crate) const fn not_leading(message_type: MessageType) -> Answer {
+    Answer::Redirect(Redirect::nowhere(message_type.to_wire()))
 }
 
 /// The answer of type `message_type` that refuses with `code`.

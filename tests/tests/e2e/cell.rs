@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use onecard_protocol::message::BalanceInquiry;
-use onecard_protocol::{Answer, AnswerCode, CellClient, ClientConfig, Request, TerminalKey};
+use onecard_protocol::message::{BalanceInquiry, Heartbeat};
+use onecard_protocol::{
+    Answer, AnswerCode, CellClient, ClientConfig, ClientError, Request, TerminalClient, TerminalKey,
+};
 use onecard_tests::cell::Cell;
 use onecard_tests::purchase;
 
@@ -336,16 +338,63 @@ fn a_follower_killed_and_restarted_catches_up_and_the_leader_never_stops() {
     check_replicas(cell, &[1, 2, 3]);
 }
 
+/// A terminal that talks to one node only, as a terminal configured with one address
+/// would, and waits as long as the test for each answer.
+async fn connect_to(
+    address: std::net::SocketAddr,
+    (terminal_id, key_hex): &(u32, String),
+) -> Result<TerminalClient, ClientError> {
+    let key: [u8; 32] = hex::decode(key_hex).expect("hex").try_into().expect("32 bytes");
+    let config = ClientConfig { answer_timeout: WAIT, attempts_max: 1, ..ClientConfig::default() };
+    TerminalClient::connect(address, *terminal_id, &TerminalKey::new(key), 0, config).await
+}
+
 #[test]
 fn a_leader_paused_past_its_lease_answers_nothing_as_leader_once_it_resumes() {
     let cell = Cell::start("cell-paused", 3, 200);
     let leader = cell.wait_leader(WAIT);
     let load = Load::start(&cell, 2);
     let approved = load.wait_progress(0, 30);
+    // Two terminals the load does not use, each talking to the leader alone: one
+    // signed on before the pause, one that connects during it.
+    let spare: Vec<(u32, String)> = cell
+        .demo_terminals()
+        .into_iter()
+        .filter(|(_, _, category)| category == "canteen")
+        .map(|(id, key, _)| (id, key))
+        .skip(2)
+        .take(2)
+        .collect();
+    let at = cell.members().iter().find(|m| m.id == leader).expect("the leader").terminals;
+    let probes = tokio::runtime::Runtime::new().expect("a runtime");
+    let signed_on = probes.block_on(connect_to(at, &spare[0])).expect("signs on at the leader");
     cell.signal(leader, "STOP");
+    // Sent while the leader is stopped: the frames wait in its socket buffers, to be
+    // read the moment it resumes, before it has heard of the new term.
+    let heartbeat = probes.spawn(async move {
+        signed_on.call(Request::Heartbeat(Heartbeat { blacklist_version: 0 })).await
+    });
+    let sign_on = probes.spawn({
+        let terminal = spare[1].clone();
+        async move { connect_to(at, &terminal).await.map(|_| ()) }
+    });
     let next = cell.wait_leader_other_than(Some(leader), WAIT);
     let approved = load.wait_progress(approved, 50);
     cell.signal(leader, "CONT");
+    // Neither is answered as by a leader: a redirect naming no leader, or a closed
+    // connection.
+    let heartbeat = probes.block_on(heartbeat).expect("the heartbeat's task");
+    assert!(
+        matches!(heartbeat, Err(ClientError::Redirected { ref leader }) if leader.is_empty())
+            || matches!(heartbeat, Err(ClientError::Disconnected { .. })),
+        "the resumed node answered a heartbeat: {heartbeat:?}"
+    );
+    let sign_on = probes.block_on(sign_on).expect("the sign-on's task");
+    assert!(
+        matches!(sign_on, Err(ClientError::Redirected { ref leader }) if leader.is_empty())
+            || matches!(sign_on, Err(ClientError::Disconnected { .. })),
+        "the resumed node signed a terminal on: {sign_on:?}"
+    );
     // Back, it learns of the new term and follows: its ledger closes.
     let deadline = Instant::now() + WAIT;
     while cell.status(leader).is_none_or(|s| s["ledger_open"] == true || s["role"] != "follower") {
