@@ -60,7 +60,9 @@ pub mod workflow;
 
 pub use account::{AccountId, AccountKind};
 pub use date::BusinessDate;
-pub use ledger::{ControlError, Cutover, Ledger, LedgerConfig, LedgerError, OpenCard, SubsidyRow};
+pub use ledger::{
+    ControlError, Cutover, HallCredential, Ledger, LedgerConfig, LedgerError, OpenCard, SubsidyRow,
+};
 pub use shard::Submission;
 pub use verify::VerifyReport;
 

@@ -166,6 +166,9 @@ pub mod control_key {
     /// `w` ++ key (8, BE) → the outcome of a batch posted exactly once under that key
     /// (a workflow's subsidy batch), JSON, written with its transfers.
     pub const ONCE: u8 = b'w';
+    /// `h` ++ card number (8, BE) → the card's hall credential (JSON,
+    /// `ledger::hall`): the hall password's hash, never the password.
+    pub const HALL_CREDENTIAL: u8 = b'h';
 }
 
 /// Prefixes of a shard journal's non-batch keys. Batch keys start with the shard

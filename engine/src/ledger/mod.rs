@@ -19,6 +19,7 @@
 //! - `directory` — merchants and terminals.
 //! - `cards` — the card centre's operations on cards, subsidies, the term-end expiry.
 //! - `control` — the control plane's one write.
+//! - `hall` — the service hall's credentials, one per card.
 //! - `queries` — reads, and verify.
 //! - `error` — why the ledger does not open, and why a control operation is refused.
 
@@ -27,6 +28,7 @@ mod control;
 mod day;
 mod directory;
 mod error;
+mod hall;
 mod open;
 mod queries;
 mod submit;
@@ -39,6 +41,7 @@ pub(crate) use control::ControlTransfer;
 pub use day::Cutover;
 use error::corrupt;
 pub use error::{ControlError, LedgerError};
+pub use hall::HallCredential;
 pub use queries::{CardView, Statement, StatementCursor};
 
 use std::collections::HashMap;

@@ -76,6 +76,28 @@ impl Ledger {
         })
     }
 
+    /// The cards a clerk's search names, at most `limit`, by card number: the card
+    /// numbered `text`, and every current card whose holder's student or staff number
+    /// is `text` or whose holder's name contains it. Empty for an empty search.
+    #[must_use]
+    pub fn find_cards(&self, text: &str, limit: usize) -> Vec<CardView> {
+        let text = text.trim();
+        if text.is_empty() || limit == 0 {
+            return Vec::new();
+        }
+        let mut numbers: Vec<u64> = text.parse().ok().into_iter().collect();
+        for account in self.shared.cards.accounts() {
+            let state = account.lock();
+            let record = &state.record;
+            if record.holder_id == text || record.holder_name.contains(text) {
+                numbers.push(record.card_number);
+            }
+        }
+        numbers.sort_unstable();
+        numbers.dedup();
+        numbers.into_iter().filter_map(|number| self.card(number)).take(limit).collect()
+    }
+
     /// An account's balance as of every durable batch, from memory. For a card purse,
     /// the purse as the card table holds it (the authority: a debit being committed
     /// is already taken from it).
