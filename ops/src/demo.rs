@@ -9,12 +9,15 @@
 //!   restricted purse for hot water and electricity); every 250th card is reported
 //!   lost, every 2,500th frozen, and every 100th gets only 8.00 yuan, so refusals
 //!   show up under load;
-//! - operators for each role, with random passwords.
+//! - operators for each role, with random passwords;
+//! - a hall password for the first 10,000 cards, the same known one for each (to be
+//!   changed at the first login, as an issued one is).
 //!
 //! Everything a load generator or a person needs is written under `<data>/demo/`:
 //! `terminals.csv` (id, merchant, category, shard, key), `campus.json` (card numbers,
-//! lost and frozen cards, the card centre's terminals) and `operators.csv` (names,
-//! roles and passwords; demo only, mode 0600).
+//! lost and frozen cards, the card centre's terminals), `operators.csv` (names,
+//! roles and passwords) and `cardholders.csv` (the cards with a hall password, their
+//! holders and that password); demo only, mode 0600.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -44,6 +47,12 @@ const CHUNK: usize = 10_000;
 /// Every n-th card is reported lost, every m-th frozen.
 const LOST_EVERY: u64 = 250;
 const FROZEN_EVERY: u64 = 2_500;
+/// The demo cards given a hall password: the first this many.
+pub const DEMO_HALL_CARDS_MAX: u64 = 10_000;
+/// Every demo card's hall password, until its holder changes it.
+pub const DEMO_HALL_PASSWORD: &str = "campus-2026";
+/// Hall credentials per write.
+const HALL_CHUNK: usize = 5_000;
 /// Start-of-term subsidies, in fen.
 const STUDENT_MEAL_FEN: i64 = 30_000;
 const STUDENT_UTILITY_FEN: i64 = 5_000;
@@ -323,6 +332,30 @@ pub fn build(
         operators_csv.push_str(&format!("{name},{},{password}\n", role.as_str()));
     }
     write_private(&dir.join("operators.csv"), operators_csv.as_bytes())?;
+
+    let hall_cards: Vec<u64> =
+        (0..total.min(DEMO_HALL_CARDS_MAX)).map(|i| DEMO_CARD_FIRST + i).collect();
+    let credential = onecard_engine::HallCredential {
+        password_hash: hash_password(DEMO_HALL_PASSWORD)?,
+        must_change: true,
+        failures: 0,
+        locked_until_ms: 0,
+        set_at_ms: onecard_engine::date::now_ms(),
+    };
+    let mut cardholders_csv = String::from("card_number,holder_id,holder_name,hall_password\n");
+    for chunk in hall_cards.chunks(HALL_CHUNK) {
+        let credentials: Vec<_> = chunk.iter().map(|card| (*card, credential.clone())).collect();
+        ledger.set_hall_credentials(&credentials)?;
+        for card in chunk {
+            if let Some(view) = ledger.card(*card) {
+                cardholders_csv.push_str(&format!(
+                    "{card},{},{},{DEMO_HALL_PASSWORD}\n",
+                    view.holder_id, view.holder_name
+                ));
+            }
+        }
+    }
+    write_private(&dir.join("cardholders.csv"), cardholders_csv.as_bytes())?;
 
     let summary = DemoSummary {
         card_first: DEMO_CARD_FIRST,

@@ -7,6 +7,9 @@
 //! - `master_key.rs` — the master key that seals terminal keys: environment or file.
 //! - `api/` — the admin and finance HTTP API, /metrics and health.
 //! - `operators.rs` — operators of the API and their passwords.
+//! - `hall.rs` — cardholders of the service hall: hall passwords and sessions.
+//! - `pages/` — the web pages: the card centre's console and the service hall.
+//! - `tokens.rs` — live sessions by token, operators' and cardholders'.
 //! - `demo.rs` — the demo campus.
 //! - `settlement_files.rs` — the settlement files finance pulls.
 //! - `day.rs` — the day cutover and settlement, on a schedule inside `serve`.
@@ -19,6 +22,9 @@ pub mod channels;
 pub mod config;
 pub mod day;
 pub mod demo;
+pub mod hall;
 pub mod master_key;
 pub mod operators;
+pub mod pages;
 pub mod settlement_files;
+pub mod tokens;

@@ -7,6 +7,7 @@
 //! executable. `cargo test --workspace` builds it first (onecard-ops has integration
 //! tests of its own, which makes cargo build the binary before any test runs).
 
+pub mod browser;
 pub mod cell;
 pub mod proxy;
 

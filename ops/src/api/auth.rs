@@ -7,10 +7,8 @@
 //! Every request but the health checks carries `Authorization: Bearer <token>`; every
 //! refusal is counted and audited.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -19,13 +17,12 @@ use axum::http::request::Parts;
 use onecard_engine::audit::Outcome;
 use onecard_engine::date::now_ms;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{ApiError, ApiResult, AppState, Body, Params};
 use crate::operators::{OperatorRecord, PASSWORD_BYTES_MAX, Role, check_name, check_password};
+use crate::tokens::{Lookup, TokenError, Tokens};
 
-/// Live tokens held at once; past it, expired ones are dropped, and a login with
-/// every slot live is refused.
+/// Live tokens held at once ([`Tokens`]).
 const SESSIONS_MAX: usize = 10_000;
 
 /// What a role may do.
@@ -74,82 +71,56 @@ impl Permission {
     }
 }
 
-/// One live token.
+/// One live token's operator.
 #[derive(Debug, Clone)]
 struct Session {
     operator: String,
     role: Role,
-    expires_at: Instant,
 }
 
-/// Live bearer tokens, by the SHA-256 of the token.
-#[derive(Debug, Default)]
+/// Live bearer tokens (the console's session cookie holds one too).
+#[derive(Debug)]
 pub struct Sessions {
-    tokens: Mutex<HashMap<[u8; 32], Session>>,
+    tokens: Tokens<Session>,
 }
 
-fn token_key(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-enum Lookup {
-    Valid(Session),
-    Expired,
-    Unknown,
+impl Default for Sessions {
+    fn default() -> Self {
+        Self { tokens: Tokens::new(SESSIONS_MAX) }
+    }
 }
 
 impl Sessions {
-    fn issue(&self, operator: &str, role: Role, ttl: Duration) -> Result<String, ApiError> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_randomness",
-                "no randomness for a token",
-            )
-        })?;
-        let token = hex::encode(bytes);
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        if tokens.len() >= SESSIONS_MAX {
-            let now = Instant::now();
-            tokens.retain(|_, session| session.expires_at > now);
-        }
-        if tokens.len() >= SESSIONS_MAX {
-            return Err(ApiError::new(
+    pub(crate) fn issue(
+        &self,
+        operator: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<String, ApiError> {
+        let session = Session { operator: operator.to_owned(), role };
+        self.tokens.issue(session, ttl).map_err(|error| match error {
+            TokenError::NoRandomness => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_randomness", error.to_string())
+            }
+            TokenError::Full => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_sessions",
                 "too many live tokens; try again later",
-            ));
-        }
-        let session =
-            Session { operator: operator.to_owned(), role, expires_at: Instant::now() + ttl };
-        tokens.insert(token_key(&token), session);
-        Ok(token)
+            ),
+        })
     }
 
-    fn lookup(&self, token: &str) -> Lookup {
-        let key = token_key(token);
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        match tokens.get(&key) {
-            Some(session) if session.expires_at > Instant::now() => Lookup::Valid(session.clone()),
-            Some(_) => {
-                tokens.remove(&key);
-                Lookup::Expired
-            }
-            None => Lookup::Unknown,
-        }
+    fn lookup(&self, token: &str) -> Lookup<Session> {
+        self.tokens.lookup(token)
     }
 
-    fn revoke(&self, token: &str) {
-        self.tokens.lock().unwrap_or_else(PoisonError::into_inner).remove(&token_key(token));
+    pub(crate) fn revoke(&self, token: &str) {
+        self.tokens.revoke(token);
     }
 
     /// Ends every token of `operator` (disabled, or password changed).
     fn revoke_operator(&self, operator: &str) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, session| session.operator != operator);
+        self.tokens.revoke_where(|session, _| session.operator == operator, None);
     }
 }
 
@@ -185,6 +156,22 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim);
+        Self::from_token(state, token, from, path)
+    }
+}
+
+impl Caller {
+    /// The operator behind `token` (a bearer token, or the console's session cookie),
+    /// counted and audited when refused.
+    ///
+    /// # Errors
+    /// [`ApiError`] `unauthenticated` or `token_expired`.
+    pub(crate) fn from_token(
+        state: &AppState,
+        token: Option<&str>,
+        from: SocketAddr,
+        path: String,
+    ) -> Result<Self, ApiError> {
         let refuse = |reason: &'static str, code: &'static str, message: &str| {
             state.metrics.auth_refused.with_label_values(&[reason]).inc();
             let _ = state.audit("-", "auth.token", &path, Outcome::Refused, from, message);
@@ -209,9 +196,7 @@ impl FromRequestParts<AppState> for Caller {
             }
         }
     }
-}
 
-impl Caller {
     /// Refuses (403, audited) unless the caller's role holds `permission`.
     ///
     /// # Errors
@@ -304,7 +289,7 @@ fn unknown_operator_hash() -> &'static str {
 }
 
 /// Checks `operator`'s `password`, counting a failure and locking after too many.
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: &AppState,
     from: SocketAddr,
     action: &str,

@@ -120,12 +120,23 @@ pub struct OpenBody {
     limits: Option<LimitsBody>,
 }
 
-/// Opens a card (开户): cardholder, account and first card.
+/// A card just opened, with its first hall password: shown this once, for the card
+/// centre to hand to the holder.
+#[derive(Debug, Serialize)]
+pub struct OpenedJson {
+    #[serde(flatten)]
+    card: CardJson,
+    /// The service hall's first password; the holder changes it at the first login.
+    hall_password: String,
+}
+
+/// Opens a card (开户): cardholder, account and first card, and the card's first hall
+/// password.
 pub async fn open(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<OpenBody>,
-) -> ApiResult<CardJson> {
+) -> ApiResult<OpenedJson> {
     caller.require(&state, Permission::CardsWrite)?;
     let target = format!("card:{}", body.card_number);
     let detail = format!("holder {} type {:?}", body.holder_id, body.card_type);
@@ -141,9 +152,50 @@ pub async fn open(
         pin,
         overrides: body.limits.map(LimitOverrides::from).unwrap_or_default(),
     };
+    let (hall_password, credential) = crate::hall::issue(&state).await.map_err(hall_error)?;
     let card =
         caller.audited(&state, "card.open", &target, &detail, || state.ledger.open_card(open))?;
-    Ok(Json(card.into()))
+    caller.audited(&state, "card.hall_password", &target, "issued at opening", || {
+        state.ledger.set_hall_credential(card.card_number, &credential)
+    })?;
+    Ok(Json(OpenedJson { card: card.into(), hall_password }))
+}
+
+/// A new hall password, issued by the counter.
+#[derive(Debug, Serialize)]
+pub struct HallPasswordJson {
+    card_number: u64,
+    /// Shown this once; the holder changes it at the next login.
+    hall_password: String,
+}
+
+/// `POST /api/cards/{card}/hall-password`: the counter resets a card's hall password
+/// (the holder forgot it, or was locked out): a new one, to be changed at the next
+/// login; the card's hall sessions end.
+pub async fn reset_hall_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(card): Params<u64>,
+) -> ApiResult<HallPasswordJson> {
+    caller.require(&state, Permission::CardsWrite)?;
+    let target = format!("card:{card}");
+    let known = state.ledger.card(card).ok_or(onecard_engine::ControlError::UnknownCard(card));
+    caller.audited(&state, "card.hall_password", &target, "reset", || known.map(drop))?;
+    let (hall_password, credential) = crate::hall::issue(&state).await.map_err(hall_error)?;
+    caller.audited(&state, "card.hall_password", &target, "reset", || {
+        state.ledger.set_hall_credential(card, &credential)
+    })?;
+    state.hall.end_card(card, None);
+    Ok(Json(HallPasswordJson { card_number: card, hall_password }))
+}
+
+fn hall_error(error: crate::hall::HallError) -> ApiError {
+    match error {
+        crate::hall::HallError::Control(error) => error.into(),
+        other => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hashing_failed", other.to_string())
+        }
+    }
 }
 
 /// Looks a card up.
@@ -157,6 +209,22 @@ pub async fn show(
     Ok(Json(card.into()))
 }
 
+/// A change of a card's state, as the engine makes it.
+pub(crate) type StateChange =
+    fn(&onecard_engine::Ledger, u64) -> Result<CardView, onecard_engine::ControlError>;
+
+/// The state change an action names: `report-lost`, `unlock`, `freeze`, `unfreeze`
+/// (the API's and the console's).
+pub(crate) fn state_change(action: &str) -> Option<StateChange> {
+    Some(match action {
+        "report-lost" => onecard_engine::Ledger::report_lost,
+        "unlock" => onecard_engine::Ledger::unlock,
+        "freeze" => onecard_engine::Ledger::freeze,
+        "unfreeze" => onecard_engine::Ledger::unfreeze,
+        _ => return None,
+    })
+}
+
 /// `POST /api/cards/{card}/{action}`: `report-lost`, `unlock`, `freeze`, `unfreeze`.
 pub async fn action(
     State(state): State<AppState>,
@@ -165,16 +233,7 @@ pub async fn action(
 ) -> ApiResult<CardJson> {
     caller.require(&state, Permission::CardsWrite)?;
     let ledger = &state.ledger;
-    let change: fn(&onecard_engine::Ledger, u64) -> Result<CardView, onecard_engine::ControlError> =
-        match action.as_str() {
-            "report-lost" => onecard_engine::Ledger::report_lost,
-            "unlock" => onecard_engine::Ledger::unlock,
-            "freeze" => onecard_engine::Ledger::freeze,
-            "unfreeze" => onecard_engine::Ledger::unfreeze,
-            _ => {
-                return Err(ApiError::unknown_action("card", &action));
-            }
-        };
+    let change = state_change(&action).ok_or_else(|| ApiError::unknown_action("card", &action))?;
     let audit_action = format!("card.{}", action.replace('-', "_"));
     let view = caller
         .audited(&state, &audit_action, &format!("card:{card}"), "", || change(ledger, card))?;

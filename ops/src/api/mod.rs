@@ -56,6 +56,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use auth::Sessions;
+pub(crate) use auth::{Caller, Permission, authenticate};
+pub(crate) use cards::state_change;
 pub use health::metrics_token_given;
 
 use crate::config::Config;
@@ -87,6 +89,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Backups on demand, one at a time with the daily one.
     pub backups: Arc<Backups>,
+    /// Cardholders' live sessions in the service hall.
+    pub hall: Arc<crate::hall::HallSessions>,
     /// The API's own metrics.
     metrics: Arc<HttpMetrics>,
 }
@@ -108,6 +112,7 @@ impl AppState {
             backups,
             operators: Operators::new(Arc::clone(&ledger)),
             sessions: Arc::new(Sessions::default()),
+            hall: Arc::new(crate::hall::HallSessions::default()),
             workflows,
             ledger,
             config,
@@ -117,7 +122,7 @@ impl AppState {
 
     /// Appends to the audit log. A failed audit write is itself logged: the action it
     /// records has been refused or failed by then, or is reported as failed.
-    fn audit(
+    pub(crate) fn audit(
         &self,
         actor: &str,
         action: &str,
@@ -216,6 +221,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cards/{card}/extend", post(cards::extend))
         .route("/cards/{card}/limits", post(cards::limits))
         .route("/cards/{card}/pin", post(cards::set_pin))
+        .route("/cards/{card}/hall-password", post(cards::reset_hall_password))
         .route("/cards/{card}/{action}", post(cards::action))
         .route("/merchants", get(directory::list_merchants).post(directory::create_merchant))
         .route("/merchants/{id}", get(directory::show_merchant))
@@ -267,6 +273,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .nest("/api", api)
+        .merge(crate::pages::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(refuse_oversize))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -350,9 +357,9 @@ async fn not_found() -> ApiError {
 /// An error as the API answers it.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: &'static str,
-    message: String,
+    pub(crate) message: String,
 }
 
 #[derive(Serialize)]

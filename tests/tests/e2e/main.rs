@@ -10,6 +10,7 @@ mod faults;
 mod front_door;
 mod loadtest;
 mod monitoring;
+mod pages;
 mod secrets;
 mod settlement;
 mod shutdown;

@@ -1,0 +1,367 @@
+//! The card centre's console, for operators: sign in with the operator's name and
+//! password (the API's login: lockout, expiry, forced change), find a card by its
+//! number, the holder's name or student/staff number, see it with its statement,
+//! and change its state as the operator's role allows.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::{Markup, html};
+use onecard_engine::ledger::CardView;
+use onecard_protocol::CardState;
+use serde::Deserialize;
+
+use super::hall::{state_name, statement_table};
+use super::{
+    ForgeryOnly, Lang, SignInFirst, cookie, date, forged, forgery_checks, forgery_token,
+    login_forgery_checks, page, refusal, see_other, set_cookie, sign_in_page, yuan,
+};
+use crate::api::{ApiError, AppState, Caller, Permission, authenticate, state_change};
+
+/// The cookie of an operator's console session: the API's bearer token.
+const SESSION_COOKIE: &str = "onecard_console";
+
+/// Cards a search lists at most.
+const SEARCH_RESULTS_MAX: usize = 50;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/console/", get(home))
+        .route("/console/login", get(login_form).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/cards", get(search))
+        .route("/console/cards/{card}", get(card))
+        .route("/console/cards/{card}/{action}", post(card_action))
+}
+
+/// A signed-in operator.
+struct Operator {
+    caller: Caller,
+    token: String,
+    lang: Lang,
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = SignInFirst;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, SignInFirst> {
+        let lang = Lang::of(&parts.headers);
+        let token = cookie(&parts.headers, SESSION_COOKIE).ok_or(SignInFirst("/console/login"))?;
+        let from = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
+        let caller = Caller::from_token(state, Some(&token), from, parts.uri.path().to_owned())
+            .map_err(|_| SignInFirst("/console/login"))?;
+        Ok(Self { caller, token, lang })
+    }
+}
+
+impl Operator {
+    fn nav(&self) -> Markup {
+        let lang = self.lang;
+        html! {
+            a href="/console/" { (lang.t("首页", "Home")) }
+            a href="/console/cards" { (lang.t("卡务", "Cards")) }
+            span.who { (self.caller.operator) " · " (self.caller.role.as_str()) }
+            form.inline method="post" action="/console/logout" {
+                input type="hidden" name="forgery" value=(forgery_token(&self.token));
+                button type="submit" { (lang.t("退出", "Sign out")) }
+            }
+        }
+    }
+
+    fn forgery_ok(&self, given: &str) -> bool {
+        forgery_checks(given, &forgery_token(&self.token))
+    }
+
+    /// The page for an API error: its message, with its status.
+    fn error(&self, error: &ApiError) -> Response {
+        refusal(self.lang, error.status, &error.message)
+    }
+}
+
+async fn login_form(headers: HeaderMap) -> Response {
+    login_page(&headers, None, StatusCode::OK)
+}
+
+fn login_page(headers: &HeaderMap, error: Option<&str>, status: StatusCode) -> Response {
+    let lang = Lang::of(headers);
+    let fields = html! {
+        label { (lang.t("操作员", "Operator"))
+            input name="operator" autocomplete="username" required; }
+        label { (lang.t("密码", "Password"))
+            input name="password" type="password" autocomplete="current-password" required; }
+    };
+    let title = lang.t("卡务中心控制台 · 登录", "Card centre console · Sign in");
+    sign_in_page(headers, title, "/console/login", fields, None, (error, status))
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    forgery: String,
+    #[serde(default)]
+    operator: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    if !login_forgery_checks(&headers, &form.forgery) {
+        return refusal(
+            lang,
+            StatusCode::FORBIDDEN,
+            lang.t(
+                "表单已失效，请重新打开登录页。",
+                "The form has expired; open the sign-in page again.",
+            ),
+        );
+    }
+    let record =
+        match authenticate(&state, from, "console.login", &form.operator, &form.password).await {
+            Ok(record) => record,
+            Err(error) => return login_page(&headers, Some(&error.message), error.status),
+        };
+    let max_age_ms =
+        u64::try_from(state.config.auth.password_max_age.as_millis()).unwrap_or(u64::MAX);
+    let expired =
+        onecard_engine::date::now_ms().saturating_sub(record.password_changed_at_ms) > max_age_ms;
+    if record.must_change_password || expired {
+        let message = lang.t(
+            "密码须先修改（管理员设置的密码或已过期），请通过 POST /api/auth/password 修改后再登录。",
+            "The password must be changed first (set by an admin, or too old): change it at POST /api/auth/password, then sign in.",
+        );
+        return login_page(&headers, Some(message), StatusCode::FORBIDDEN);
+    }
+    let token = match state.sessions.issue(&record.name, record.role, state.config.auth.token_ttl) {
+        Ok(token) => token,
+        Err(error) => return login_page(&headers, Some(&error.message), error.status),
+    };
+    let _ = state.audit(
+        &record.name,
+        "console.login",
+        &format!("operator:{}", record.name),
+        onecard_engine::audit::Outcome::Ok,
+        from,
+        "",
+    );
+    see_other("/console/", &[set_cookie(SESSION_COOKIE, &token)])
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    operator: Operator,
+    Form(form): Form<ForgeryOnly>,
+) -> Response {
+    if !operator.forgery_ok(&form.forgery) {
+        return forged(operator.lang);
+    }
+    state.sessions.revoke(&operator.token);
+    see_other("/console/login", &[set_cookie(SESSION_COOKIE, "")])
+}
+
+async fn home(State(state): State<AppState>, operator: Operator) -> Response {
+    let lang = operator.lang;
+    let ledger = &state.ledger;
+    page(
+        lang,
+        lang.t("卡务中心控制台", "Card centre console"),
+        Some(operator.nav()),
+        html! {
+            dl.figures {
+                dt { (lang.t("营业日", "Business date")) } dd #business-date { (ledger.business_date()) }
+                dt { (lang.t("商户", "Merchants")) } dd { (ledger.merchants().len()) }
+                dt { (lang.t("终端", "Terminals")) } dd { (ledger.terminals().len()) }
+            }
+            (search_form(lang, ""))
+        },
+    )
+}
+
+fn search_form(lang: Lang, query: &str) -> Markup {
+    html! {
+        form.search method="get" action="/console/cards" {
+            label { (lang.t("查找卡：卡号、姓名或学工号", "Find a card: number, holder's name or student/staff number"))
+                input name="q" value=(query) required; }
+            button type="submit" { (lang.t("查找", "Find")) }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+}
+
+async fn search(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(query): Query<SearchQuery>,
+) -> Response {
+    let lang = operator.lang;
+    if let Err(error) = operator.caller.require(&state, Permission::CardsRead) {
+        return operator.error(&error);
+    }
+    let found = state.ledger.find_cards(&query.q, SEARCH_RESULTS_MAX);
+    page(
+        lang,
+        lang.t("卡务", "Cards"),
+        Some(operator.nav()),
+        html! {
+            (search_form(lang, &query.q))
+            @if !query.q.trim().is_empty() {
+                @if found.is_empty() {
+                    p { (lang.t("没有找到。", "Nothing found.")) }
+                } @else {
+                    table.cards {
+                        thead { tr {
+                            th { (lang.t("卡号", "Card")) }
+                            th { (lang.t("持卡人", "Holder")) }
+                            th { (lang.t("学工号", "Student/staff no.")) }
+                            th { (lang.t("状态", "State")) }
+                            th.amount { (lang.t("余额（元）", "Balance (yuan)")) }
+                        } }
+                        tbody {
+                            @for card in &found {
+                                tr {
+                                    td { a href={ "/console/cards/" (card.card_number) } { (card.card_number) } }
+                                    td { (card.holder_name) }
+                                    td { (card.holder_id) }
+                                    td { (state_name(lang, card.state)) }
+                                    td.amount { (yuan(card.balance_fen)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The state changes the console offers, with the API's action names.
+const ACTIONS: [(&str, &str, &str, CardState); 4] = [
+    ("report-lost", "挂失", "Report lost", CardState::Lost),
+    ("unlock", "解挂", "Unlock", CardState::Active),
+    ("freeze", "冻结", "Freeze", CardState::Frozen),
+    ("unfreeze", "解冻", "Unfreeze", CardState::Active),
+];
+
+/// Whether `action` applies to a card in `state`.
+fn applies(action: &str, state: CardState) -> bool {
+    match action {
+        "report-lost" => matches!(state, CardState::Active | CardState::Frozen),
+        "unlock" => state == CardState::Lost,
+        "freeze" => state == CardState::Active,
+        "unfreeze" => state == CardState::Frozen,
+        _ => false,
+    }
+}
+
+async fn card(
+    State(state): State<AppState>,
+    operator: Operator,
+    axum::extract::Path(card_number): axum::extract::Path<String>,
+) -> Response {
+    let lang = operator.lang;
+    if let Err(error) = operator.caller.require(&state, Permission::CardsRead) {
+        return operator.error(&error);
+    }
+    let Some(card) = card_number.parse().ok().and_then(|number| state.ledger.card(number)) else {
+        return refusal(lang, StatusCode::NOT_FOUND, lang.t("找不到这张卡。", "No such card."));
+    };
+    let may_change = Permission::CardsWrite.allows(operator.caller.role);
+    page(
+        lang,
+        &format!("{} {}", lang.t("卡", "Card"), card.card_number),
+        Some(operator.nav()),
+        html! {
+            (card_figures(lang, &card))
+            @if may_change {
+                div.actions {
+                    @for (action, zh, en, _) in ACTIONS {
+                        @if applies(action, card.state) {
+                            form.inline method="post" action={ "/console/cards/" (card.card_number) "/" (action) } {
+                                input type="hidden" name="forgery" value=(forgery_token(&operator.token));
+                                button id=(action) type="submit" { (lang.t(zh, en)) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { (lang.t("流水", "Statement")) }
+            (statement_table(&state, lang, card.card_number, card.account_number))
+        },
+    )
+}
+
+fn card_figures(lang: Lang, card: &CardView) -> Markup {
+    html! {
+        dl.card {
+            dt { (lang.t("持卡人", "Holder")) } dd #holder { (card.holder_name) " (" (card.holder_id) ")" }
+            dt { (lang.t("状态", "State")) } dd #card-state { (state_name(lang, card.state)) }
+            dt { (lang.t("主钱包", "Main purse")) } dd #balance { (yuan(card.balance_fen)) }
+            dt { (lang.t("补助钱包", "Restricted purse")) } dd { (yuan(card.restricted_fen)) }
+            dt { (lang.t("押金", "Deposit")) } dd { (yuan(card.deposit_fen)) }
+            dt { (lang.t("有效期至", "Valid through")) } dd { (date(card.expiry_date)) }
+            dt { (lang.t("今日消费 / 日限额", "Spent today / daily limit")) }
+            dd { (yuan(card.spent_today_fen)) " / " (yuan(card.limits.daily_fen_max)) }
+        }
+    }
+}
+
+async fn card_action(
+    State(state): State<AppState>,
+    operator: Operator,
+    axum::extract::Path((card_number, action)): axum::extract::Path<(String, String)>,
+    Form(form): Form<ForgeryOnly>,
+) -> Response {
+    let lang = operator.lang;
+    if !operator.forgery_ok(&form.forgery) {
+        return forged(lang);
+    }
+    if let Err(error) = operator.caller.require(&state, Permission::CardsWrite) {
+        return operator.error(&error);
+    }
+    let Ok(card) = card_number.parse::<u64>() else {
+        return refusal(lang, StatusCode::NOT_FOUND, lang.t("找不到这张卡。", "No such card."));
+    };
+    let Some(change) = state_change(&action) else {
+        return refusal(lang, StatusCode::NOT_FOUND, lang.t("没有这项操作。", "No such action."));
+    };
+    let audit_action = format!("card.{}", action.replace('-', "_"));
+    let ledger = Arc::clone(&state.ledger);
+    let changed = tokio::task::spawn_blocking(move || change(&ledger, card)).await;
+    let outcome = match changed {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            return refusal(
+                lang,
+                StatusCode::SERVICE_UNAVAILABLE,
+                lang.t("暂时无法办理。", "Not possible now."),
+            );
+        }
+    };
+    let done =
+        operator
+            .caller
+            .audited(&state, &audit_action, &format!("card:{card}"), "console", || outcome);
+    match done {
+        Ok(_) => see_other(&format!("/console/cards/{card}"), &[]),
+        Err(error) => operator.error(&error),
+    }
+}

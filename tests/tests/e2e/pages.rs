@@ -1,0 +1,242 @@
+//! The console and the service hall in a real browser (headless Chromium over
+//! WebDriver) against a real `onecard serve --demo`.
+
+use std::path::Path;
+
+use onecard_protocol::{AnswerCode, ClientConfig, TerminalClient, TerminalKey};
+use onecard_tests::browser::Browser;
+use onecard_tests::{Server, TempDir};
+
+use crate::support::{outcome, purchase};
+
+/// A demo cardholder: card number, name, hall password.
+struct Holder {
+    card: u64,
+    name: String,
+    password: String,
+}
+
+/// The demo's `n`-th cardholder with a hall password (0 is the first card).
+fn holder(demo: &Path, n: usize) -> Holder {
+    let csv = std::fs::read_to_string(demo.join("cardholders.csv")).expect("cardholders.csv");
+    let fields: Vec<String> =
+        csv.lines().nth(n + 1).expect("a cardholder").split(',').map(str::to_owned).collect();
+    Holder {
+        card: fields[0].parse().expect("a card number"),
+        name: fields[2].clone(),
+        password: fields[3].clone(),
+    }
+}
+
+/// The demo operator of `role` and their password.
+fn operator(demo: &Path, role: &str) -> (String, String) {
+    let csv = std::fs::read_to_string(demo.join("operators.csv")).expect("operators.csv");
+    let line = csv.lines().find(|l| l.starts_with(&format!("demo-{role},"))).expect("an operator");
+    let fields: Vec<&str> = line.split(',').collect();
+    (fields[0].to_owned(), fields[2].to_owned())
+}
+
+/// A canteen till of the demo, signed on.
+async fn till(server: &Server, demo: &Path) -> TerminalClient {
+    let csv = std::fs::read_to_string(demo.join("terminals.csv")).expect("terminals.csv");
+    let fields: Vec<&str> =
+        csv.lines().find(|l| l.contains(",canteen,")).expect("a canteen").split(',').collect();
+    let key = TerminalKey::from_hex(fields[4]).expect("a key");
+    TerminalClient::connect(
+        server.terminal_addr(),
+        fields[0].parse().expect("an id"),
+        &key,
+        0,
+        ClientConfig::default(),
+    )
+    .await
+    .expect("the till signs on")
+}
+
+/// Saves the page as `name`.png in `ONECARD_SCREENSHOTS`, when set (how the pictures
+/// in docs/ are made: `ONECARD_SCREENSHOTS=docs/pages cargo test -p onecard-tests
+/// --test e2e pages::`).
+async fn picture(browser: &Browser, name: &str) {
+    if let Some(dir) = std::env::var_os("ONECARD_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("the screenshots' folder");
+        browser.screenshot(&dir.join(format!("{name}.png"))).await;
+    }
+}
+
+fn demo_server(label: &str) -> (TempDir, Server) {
+    let dir = TempDir::new(label);
+    let server = Server::start_with(dir.path(), &["--demo", "--demo-cards", "500"]);
+    (dir, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clerk_finds_a_card_by_the_holders_name_reports_it_lost_and_the_till_refuses_it() {
+    let (dir, server) = demo_server("pages-clerk");
+    let demo = dir.path().join("demo");
+    let site = format!("http://{}", server.admin_addr());
+    let holder = holder(&demo, 3);
+    let (clerk, password) = operator(&demo, "clerk");
+    let browser = Browser::start().await;
+
+    browser.open(&format!("{site}/console/")).await;
+    assert!(
+        browser.url().await.ends_with("/console/login"),
+        "signed out, the console asks to sign in"
+    );
+    browser.fill("input[name=operator]", &clerk).await;
+    browser.fill("input[name=password]", &password).await;
+    browser.click("button[type=submit]").await;
+    browser.find("#business-date").await;
+
+    browser.fill("input[name=q]", &holder.name).await;
+    browser.click("form.search button").await;
+    picture(&browser, "console-search").await;
+    browser.click(&format!("a[href='/console/cards/{}']", holder.card)).await;
+    assert_eq!(browser.text("#card-state").await, "正常");
+    picture(&browser, "console-card").await;
+    browser.click("#report-lost").await;
+    assert_eq!(browser.text("#card-state").await, "已挂失", "the page shows the card lost");
+
+    let till = till(&server, &demo).await;
+    let answer = till.call(purchase(holder.card, 500)).await.expect("answered");
+    assert_eq!(outcome(&answer).0, AnswerCode::CardLost, "{answer:?}");
+
+    // The audit log names the clerk and the card.
+    let mut api = server.api();
+    let (admin, admin_password) = operator(&demo, "admin");
+    api.login(&admin, &admin_password).expect("the admin logs in to the API");
+    let (status, audit) = api.get("/api/audit?limit=50");
+    assert_eq!(status, 200, "{audit}");
+    let reported = audit
+        .as_array()
+        .or_else(|| audit["records"].as_array())
+        .expect("audit records")
+        .iter()
+        .find(|r| r["action"] == "card.report_lost")
+        .unwrap_or_else(|| panic!("no report in the audit log: {audit}"))
+        .clone();
+    assert_eq!(reported["actor"], clerk.as_str());
+    assert_eq!(reported["target"], format!("card:{}", holder.card));
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_student_logs_in_changes_the_first_password_sees_a_purchase_and_reports_the_card_lost() {
+    let (dir, server) = demo_server("pages-student");
+    let demo = dir.path().join("demo");
+    let site = format!("http://{}", server.admin_addr());
+    let student = holder(&demo, 0);
+    let till = till(&server, &demo).await;
+    let answer = till.call(purchase(student.card, 1_250)).await.expect("answered");
+    assert_eq!(outcome(&answer).0, AnswerCode::Approved, "{answer:?}");
+    let browser = Browser::start().await;
+
+    // A wrong password is refused and says nothing of which part was wrong.
+    browser.open(&format!("{site}/hall/login")).await;
+    browser.fill("input[name=card_number]", &student.card.to_string()).await;
+    browser.fill("input[name=password]", "not-the-password").await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.text(".error").await.contains("卡号或查询密码错误"));
+
+    picture(&browser, "hall-login").await;
+
+    // The issued password works once, for changing it.
+    browser.fill("input[name=card_number]", &student.card.to_string()).await;
+    browser.fill("input[name=password]", &student.password).await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.url().await.ends_with("/hall/password"), "an issued password is changed first");
+    browser.open(&format!("{site}/hall/")).await;
+    assert!(browser.url().await.ends_with("/hall/password"), "nothing else before the change");
+    browser.fill("input[name=current]", &student.password).await;
+    browser.fill("input[name=new]", "my-own-secret-1").await;
+    browser.fill("input[name=repeat]", "my-own-secret-1").await;
+    browser.click("form.card button[type=submit]").await;
+
+    assert_eq!(browser.text("#card-number").await, student.card.to_string());
+    assert!(browser.text("#holder").await.contains(&student.name));
+    let statement = browser.text("table.statement").await;
+    assert!(statement.contains("12.50"), "the purchase is on the statement: {statement}");
+    assert!(statement.contains("消费"), "{statement}");
+    assert!(
+        statement.contains("食堂") || statement.contains("餐厅"),
+        "with the canteen's name: {statement}"
+    );
+    picture(&browser, "hall-my-card").await;
+
+    browser.click("#report-lost").await;
+    assert_eq!(browser.text("#card-state").await, "已挂失");
+    assert!(browser.text("#lost-notice").await.contains("卡务中心"), "how to get a new card");
+    let answer = till.call(purchase(student.card, 100)).await.expect("answered");
+    assert_eq!(outcome(&answer).0, AnswerCode::CardLost, "{answer:?}");
+
+    // The old password no longer works; the new one does.
+    browser.click("header form button").await;
+    browser.fill("input[name=card_number]", &student.card.to_string()).await;
+    browser.fill("input[name=password]", &student.password).await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.text(".error").await.contains("卡号或查询密码错误"));
+    browser.fill("input[name=card_number]", &student.card.to_string()).await;
+    browser.fill("input[name=password]", "my-own-secret-1").await;
+    browser.click("button[type=submit]").await;
+    assert_eq!(browser.text("#card-state").await, "已挂失");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cardholder_session_reaches_no_operator_page_and_no_form_without_its_token() {
+    let (dir, server) = demo_server("pages-refused");
+    let demo = dir.path().join("demo");
+    let site = format!("http://{}", server.admin_addr());
+    let student = holder(&demo, 1);
+    let other = holder(&demo, 2);
+    let browser = Browser::start().await;
+    browser.open(&format!("{site}/hall/login")).await;
+    browser.fill("input[name=card_number]", &student.card.to_string()).await;
+    browser.fill("input[name=password]", &student.password).await;
+    browser.click("button[type=submit]").await;
+    browser.fill("input[name=current]", &student.password).await;
+    browser.fill("input[name=new]", "another-secret-2").await;
+    browser.fill("input[name=repeat]", "another-secret-2").await;
+    browser.click("form.card button[type=submit]").await;
+    assert_eq!(browser.text("#card-number").await, student.card.to_string());
+
+    // Every console page sends a cardholder to the operators' sign-in.
+    for path in ["/console/", "/console/cards?q=1", &format!("/console/cards/{}", other.card)] {
+        browser.open(&format!("{site}{path}")).await;
+        assert!(browser.url().await.ends_with("/console/login"), "{path} let a cardholder in");
+        assert!(!browser.page_text().await.contains(&other.name), "{path} showed another's name");
+    }
+    // The hall names no card in its addresses: asking for another's shows one's own.
+    browser.open(&format!("{site}/hall/?card={}", other.card)).await;
+    assert_eq!(browser.text("#card-number").await, student.card.to_string());
+
+    // A form without its anti-forgery token does nothing.
+    let cookie = browser
+        .client()
+        .get_named_cookie("onecard_hall")
+        .await
+        .expect("the session cookie")
+        .value()
+        .to_owned();
+    let refused = ureq::post(&format!("{site}/hall/report-lost"))
+        .header("Cookie", &format!("onecard_hall={cookie}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send("forgery=")
+        .expect("an answer");
+    assert_eq!(refused.status().as_u16(), 403);
+    let mut admin = server.api();
+    let (name, password) = operator(&demo, "clerk");
+    admin.login(&name, &password).expect("a clerk");
+    let (_, card) = admin.get(&format!("/api/cards/{}", student.card));
+    assert_eq!(card["state"], "active", "the forged report changed nothing: {card}");
+
+    // Pages carry the policy that keeps other sites' scripts and frames out.
+    let page = ureq::get(&format!("{site}/hall/login")).call().expect("the login page");
+    let policy = page.headers().get("content-security-policy").expect("a policy");
+    assert!(policy.to_str().expect("ascii").contains("frame-ancestors 'none'"));
+    browser.close().await;
+}
