@@ -44,6 +44,10 @@ pub const WORKFLOW_KEY_BIT: u64 = 1 << 62;
 /// The role name of a step the applicant takes.
 pub const APPLICANT: &str = "applicant";
 
+/// The role of a cardholder acting in the service hall, and the `applicants` entry
+/// that opens a workflow to them.
+pub const CARDHOLDER: &str = "cardholder";
+
 /// What someone may do at a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,8 +123,72 @@ pub struct Definition {
     /// The effect when the last step approves.
     #[serde(default)]
     pub effect: Effect,
+    /// Who besides operators may apply: `cardholder` opens it to cardholders in the
+    /// service hall. Absent: operators only.
+    #[serde(default)]
+    pub applicants: Vec<String>,
+    /// The category the service hall lists it under (服务分类).
+    #[serde(default)]
+    pub category: String,
+    /// The form's fields, as a page asks for them; the form must hold each.
+    #[serde(default)]
+    pub fields: Vec<Field>,
     /// The steps, in order.
     pub steps: Vec<Step>,
+}
+
+/// One field of a workflow's form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Field {
+    /// Its key in the form.
+    pub name: String,
+    /// What a page calls it.
+    pub label: String,
+    /// What it holds.
+    #[serde(default)]
+    pub kind: FieldKind,
+    /// The values a `choice` takes.
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    /// Filled in from the applicant's card (一表通), not by the applicant.
+    #[serde(default)]
+    pub prefill: Option<Prefill>,
+}
+
+/// What a form field holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldKind {
+    /// A line of text.
+    #[default]
+    Text,
+    /// Several lines of text.
+    LongText,
+    /// One of the field's choices.
+    Choice,
+}
+
+/// One value a `choice` field takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choice {
+    /// The value the form holds.
+    pub value: String,
+    /// What a page shows.
+    pub label: String,
+}
+
+/// What onecard fills a field in with, from the applicant's card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prefill {
+    /// The holder's name.
+    HolderName,
+    /// The holder's student or staff number.
+    HolderId,
+    /// The card number.
+    CardNumber,
 }
 
 /// The built-in definitions: the TOML files in `engine/workflows/`, written as a card
@@ -374,6 +442,18 @@ pub fn parse_definition(text: &str) -> Result<Definition, WorkflowError> {
                 .to_owned(),
         );
     }
+    if let Some(other) = definition.applicants.iter().find(|a| *a != CARDHOLDER) {
+        return bad(format!("applicants may name only {CARDHOLDER:?}, not {other:?}"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for field in &definition.fields {
+        if field.name.is_empty() || !names.insert(field.name.as_str()) {
+            return bad(format!("field {:?} is empty or named twice", field.name));
+        }
+        if (field.kind == FieldKind::Choice) == field.choices.is_empty() {
+            return bad(format!("field {:?}: a choice has choices, and only a choice", field.name));
+        }
+    }
     for step in &definition.steps {
         if !step.actions.contains(&Action::Approve) && !step.actions.contains(&Action::Reject) {
             return bad(format!("step {:?} can neither approve nor reject", step.name));
@@ -383,6 +463,23 @@ pub fn parse_definition(text: &str) -> Result<Definition, WorkflowError> {
         }
     }
     Ok(definition)
+}
+
+/// Checks that the form holds each field the definition declares, a choice one of
+/// its values.
+fn check_fields(definition: &Definition, form: &serde_json::Value) -> Result<(), WorkflowError> {
+    for field in &definition.fields {
+        let value = text_field(form, &field.name)?;
+        if field.kind == FieldKind::Choice && !field.choices.iter().any(|c| c.value == value) {
+            let values: Vec<&str> = field.choices.iter().map(|c| c.value.as_str()).collect();
+            return Err(WorkflowError::Form(format!(
+                "{} {value:?} is not one of {}",
+                field.name,
+                values.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn text_field<'a>(form: &'a serde_json::Value, field: &str) -> Result<&'a str, WorkflowError> {
@@ -397,10 +494,6 @@ fn text_field<'a>(form: &'a serde_json::Value, field: &str) -> Result<&'a str, W
     }
     Ok(text)
 }
-
-/// The maintenance categories (报修).
-pub const MAINTENANCE_CATEGORIES: [&str; 6] =
-    ["electricity_meter", "water_meter", "access_gate", "pos", "permissions", "other"];
 
 /// An adjustment form as the effect reads it.
 fn adjustment_of(form: &serde_json::Value) -> Result<(AccountId, AccountId, i64), WorkflowError> {
@@ -434,6 +527,7 @@ fn check_form(
     if !form.is_object() {
         return Err(WorkflowError::Form("a form is a JSON object".to_owned()));
     }
+    check_fields(definition, form)?;
     match (definition.effect, definition.name.as_str()) {
         (Effect::Adjustment, name) => {
             if name == "discrepancy" {
@@ -483,19 +577,6 @@ fn check_form(
                 return Err(WorkflowError::Form(format!("no merchant {merchant}")));
             }
             text_field(form, "reason")?;
-            Ok(0)
-        }
-        (Effect::None, "maintenance") => {
-            let category = text_field(form, "category")?;
-            if !MAINTENANCE_CATEGORIES.contains(&category) {
-                return Err(WorkflowError::Form(format!(
-                    "category {category:?} is not one of {}",
-                    MAINTENANCE_CATEGORIES.join(", ")
-                )));
-            }
-            for field in ["reporter", "student_number", "phone", "dormitory", "description"] {
-                text_field(form, field)?;
-            }
             Ok(0)
         }
         (Effect::None, _) => Ok(0),
@@ -794,6 +875,13 @@ impl Workflows {
         form: serde_json::Value,
     ) -> Result<Instance, WorkflowError> {
         let definition = self.definition(workflow)?;
+        if actor.roles.iter().any(|role| role == CARDHOLDER)
+            && !definition.applicants.iter().any(|a| a == CARDHOLDER)
+        {
+            return Err(WorkflowError::NotYourTurn(format!(
+                "{workflow} is not open to cardholders"
+            )));
+        }
         let amount_fen = check_form(&self.ledger, definition, &form)?;
         let first = applicable_step(definition, 0, amount_fen).ok_or_else(|| {
             WorkflowError::Definition(format!("{workflow}: no step applies to this application"))

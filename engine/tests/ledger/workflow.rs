@@ -220,6 +220,11 @@ fn a_definition_is_data_and_a_bad_one_is_refused() {
         "name = \"x\"\ntitle = \"x\"\n[[steps]]\nname = \"s\"\nrole = \"clerk\"\nactions = [\"comment\"]\n",
         "name = \"x\"\ntitle = \"x\"\nsurprise = 1\n",
         "name = \"maintenance\"\ntitle = \"again\"\n[[steps]]\nname = \"s\"\nrole = \"clerk\"\nactions = [\"approve\"]\n",
+        // Only cardholders may be named as applicants besides operators.
+        "name = \"x\"\ntitle = \"x\"\napplicants = [\"visitor\"]\n[[steps]]\nname = \"s\"\nrole = \"clerk\"\nactions = [\"approve\"]\n",
+        // A choice needs its choices; a field is named once.
+        "name = \"x\"\ntitle = \"x\"\n[[fields]]\nname = \"f\"\nlabel = \"F\"\nkind = \"choice\"\n[[steps]]\nname = \"s\"\nrole = \"clerk\"\nactions = [\"approve\"]\n",
+        "name = \"x\"\ntitle = \"x\"\n[[fields]]\nname = \"f\"\nlabel = \"F\"\n[[fields]]\nname = \"f\"\nlabel = \"G\"\n[[steps]]\nname = \"s\"\nrole = \"clerk\"\nactions = [\"approve\"]\n",
     ] {
         assert!(
             matches!(
@@ -452,4 +457,40 @@ fn the_term_end_expiry_empties_every_restricted_purse_once_approved() {
     assert!(ledger.restricted_purses().is_empty());
     let report = ledger.verify().expect("reads");
     assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn a_cardholder_applies_only_where_the_definition_opens_it_and_with_every_declared_field() {
+    let dir = TempDir::new("workflow-cardholder");
+    let ledger = Arc::new(Ledger::open(dir.path(), config(1)).expect("opens"));
+    let workflows = Workflows::new(Arc::clone(&ledger), &[]).expect("built-ins parse");
+    let holder = actor("cardholder:20260000001", &["cardholder"]);
+    let open: Vec<&str> = workflows
+        .definitions()
+        .iter()
+        .filter(|d| d.applicants.iter().any(|a| a == "cardholder"))
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(open, ["maintenance"], "the repair request is the hall's first service");
+    let form = json!({ "debit": "1", "credit": "2", "amount_yuan": "1.00", "reason": "x" });
+    assert!(matches!(
+        workflows.submit(&holder, "adjustment", form),
+        Err(WorkflowError::NotYourTurn(_))
+    ));
+    for missing in ["category", "reporter", "student_number", "phone", "dormitory", "description"] {
+        let mut form = maintenance_form();
+        form.as_object_mut().expect("an object").remove(missing);
+        assert!(
+            matches!(workflows.submit(&holder, "maintenance", form), Err(WorkflowError::Form(_))),
+            "{missing} is declared, so required"
+        );
+    }
+    let instance = workflows.submit(&holder, "maintenance", maintenance_form()).expect("applies");
+    assert_eq!(instance.applicant, "cardholder:20260000001");
+    ledger_close(ledger, workflows);
+}
+
+fn ledger_close(ledger: Arc<Ledger>, workflows: Workflows) {
+    drop(workflows);
+    Arc::into_inner(ledger).expect("the only holder").close();
 }
