@@ -18,11 +18,13 @@ use onecard_protocol::CardState;
 use serde::Deserialize;
 
 use super::hall::{state_name, statement_table};
+use super::services::{form_fields, history, label, status_name};
 use super::{
-    ForgeryOnly, Lang, SignInFirst, cookie, date, forged, forgery_checks, forgery_token,
-    login_forgery_checks, page, refusal, see_other, set_cookie, sign_in_page, yuan,
+    ForgeryOnly, Lang, SignInFirst, beijing_time, cookie, date, forged, forgery_checks,
+    forgery_token, login_forgery_checks, page, refusal, see_other, set_cookie, sign_in_page, yuan,
 };
 use crate::api::{ApiError, AppState, Caller, Permission, authenticate, state_change};
+use onecard_engine::workflow::{Action, Actor, Definition, Instance, Status};
 
 /// The cookie of an operator's console session: the API's bearer token.
 const SESSION_COOKIE: &str = "onecard_console";
@@ -38,6 +40,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/cards", get(search))
         .route("/console/cards/{card}", get(card))
         .route("/console/cards/{card}/{action}", post(card_action))
+        .route("/console/inbox", get(inbox))
+        .route("/console/applications/{id}", get(application))
+        .route("/console/applications/{id}/{action}", post(act))
 }
 
 /// A signed-in operator.
@@ -69,6 +74,7 @@ impl Operator {
         html! {
             a href="/console/" { (lang.t("首页", "Home")) }
             a href="/console/cards" { (lang.t("卡务", "Cards")) }
+            a href="/console/inbox" { (lang.t("待办", "Inbox")) }
             span.who { (self.caller.operator) " · " (self.caller.role.as_str()) }
             form.inline method="post" action="/console/logout" {
                 input type="hidden" name="forgery" value=(forgery_token(&self.token));
@@ -362,6 +368,180 @@ async fn card_action(
             .audited(&state, &audit_action, &format!("card:{card}"), "console", || outcome);
     match done {
         Ok(_) => see_other(&format!("/console/cards/{card}"), &[]),
+        Err(error) => operator.error(&error),
+    }
+}
+
+impl Operator {
+    /// The operator as the workflows see them.
+    fn actor(&self) -> Actor {
+        Actor {
+            name: self.caller.operator.clone(),
+            roles: vec![self.caller.role.as_str().to_owned()],
+            from: self.caller.from.ip().to_string(),
+        }
+    }
+}
+
+fn definition_of<'a>(state: &'a AppState, instance: &Instance) -> Option<&'a Definition> {
+    state.workflows.definitions().into_iter().find(|d| d.name == instance.workflow)
+}
+
+/// Whether the current step of `instance` is past its deadline.
+fn overdue(definition: Option<&Definition>, instance: &Instance, now_ms: u64) -> bool {
+    definition.and_then(|d| d.steps.get(instance.step)).is_some_and(|step| {
+        step.deadline_hours > 0
+            && instance.status == Status::Open
+            && now_ms.saturating_sub(instance.step_since_ms)
+                > u64::from(step.deadline_hours) * 3_600_000
+    })
+}
+
+async fn inbox(State(state): State<AppState>, operator: Operator) -> Response {
+    let lang = operator.lang;
+    let items = match state.workflows.inbox(&operator.actor()) {
+        Ok(items) => items,
+        Err(error) => return refusal(lang, StatusCode::SERVICE_UNAVAILABLE, &error.to_string()),
+    };
+    let now = onecard_engine::date::now_ms();
+    page(
+        lang,
+        lang.t("待办", "Inbox"),
+        Some(operator.nav()),
+        html! {
+            @if items.is_empty() {
+                p { (lang.t("没有待办事项。", "Nothing waiting for you.")) }
+            } @else {
+                table.inbox {
+                    thead { tr {
+                        th { (lang.t("编号", "No.")) }
+                        th { (lang.t("事项", "Workflow")) }
+                        th { (lang.t("申请人", "Applicant")) }
+                        th { (lang.t("当前步骤", "Step")) }
+                        th { (lang.t("到达时间", "Since")) }
+                    } }
+                    tbody {
+                        @for instance in &items {
+                            @let definition = definition_of(&state, instance);
+                            tr.overdue[overdue(definition, instance, now)] {
+                                td { a href={ "/console/applications/" (instance.id) } { (instance.id) } }
+                                td { (definition.map_or(instance.workflow.as_str(), |d| label(lang, &d.title))) }
+                                td { (instance.applicant) }
+                                td { (definition.and_then(|d| d.steps.get(instance.step)).map_or("", |s| s.name.as_str())) }
+                                td {
+                                    (beijing_time(instance.step_since_ms))
+                                    @if overdue(definition, instance, now) { " " strong { (lang.t("已超时", "overdue")) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The actions an operator's page offers, with the engine's names and their labels.
+const STEP_ACTIONS: [(Action, &str, &str, &str); 4] = [
+    (Action::Approve, "approve", "通过", "Approve"),
+    (Action::Return, "return", "退回", "Return"),
+    (Action::Reject, "reject", "驳回", "Reject"),
+    (Action::Comment, "comment", "批注", "Comment"),
+];
+
+async fn application(
+    State(state): State<AppState>,
+    operator: Operator,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let lang = operator.lang;
+    let Some(instance) = id.parse().ok().and_then(|id| state.workflows.instance(id).ok()) else {
+        return refusal(
+            lang,
+            StatusCode::NOT_FOUND,
+            lang.t("没有这份申请。", "No such application."),
+        );
+    };
+    let definition = definition_of(&state, &instance);
+    let step = definition.and_then(|d| d.steps.get(instance.step));
+    let my_turn = instance.status == Status::Open
+        && step.is_some_and(|step| step.role == operator.caller.role.as_str())
+        && instance.assignee.as_ref().is_none_or(|a| *a == operator.caller.operator);
+    page(
+        lang,
+        &format!("{} {}", lang.t("申请", "Application"), instance.id),
+        Some(operator.nav()),
+        html! {
+            p #progress { (status_name(lang, &instance, definition)) " · " (lang.t("申请人 ", "applicant ")) (instance.applicant) }
+            (form_fields(lang, &instance, definition))
+            @if let (true, Some(step)) = (my_turn, step) {
+                form.card method="post" action={ "/console/applications/" (instance.id) "/act" } {
+                    input type="hidden" name="forgery" value=(forgery_token(&operator.token));
+                    label { (lang.t("意见", "Comment")) textarea name="comment" rows="3" {} }
+                    div.actions {
+                        @for (action, name, zh, en) in STEP_ACTIONS {
+                            @if step.actions.contains(&action) {
+                                button id=(name) type="submit" name="action" value=(name) { (lang.t(zh, en)) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { (lang.t("办理记录", "History")) }
+            (history(lang, &instance))
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct ActForm {
+    #[serde(default)]
+    forgery: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn act(
+    State(state): State<AppState>,
+    operator: Operator,
+    axum::extract::Path((id, _)): axum::extract::Path<(String, String)>,
+    Form(form): Form<ActForm>,
+) -> Response {
+    let lang = operator.lang;
+    if !operator.forgery_ok(&form.forgery) {
+        return forged(lang);
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return refusal(
+            lang,
+            StatusCode::NOT_FOUND,
+            lang.t("没有这份申请。", "No such application."),
+        );
+    };
+    let Some((action, ..)) = STEP_ACTIONS.iter().find(|(_, name, ..)| *name == form.action) else {
+        return refusal(lang, StatusCode::NOT_FOUND, lang.t("没有这项操作。", "No such action."));
+    };
+    let (workflows, who, action) = (state.workflows.clone(), operator.actor(), *action);
+    let comment = form.comment;
+    let acted =
+        tokio::task::spawn_blocking(move || workflows.act(&who, id, action, &comment, None, None))
+            .await;
+    let outcome = match acted {
+        Ok(outcome) => outcome.map_err(ApiError::from),
+        Err(_) => {
+            return refusal(
+                lang,
+                StatusCode::SERVICE_UNAVAILABLE,
+                lang.t("暂时无法办理。", "Not possible now."),
+            );
+        }
+    };
+    let target = format!("application:{id}");
+    let detail = format!("{} (console)", form.action);
+    match operator.caller.audited(&state, "workflow.act", &target, &detail, || outcome) {
+        Ok(_) => see_other(&format!("/console/applications/{id}"), &[]),
         Err(error) => operator.error(&error),
     }
 }

@@ -43,10 +43,10 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// A signed-in cardholder: the session and its token.
-struct Holder {
-    token: String,
-    session: HallSession,
-    lang: Lang,
+pub(super) struct Holder {
+    pub(super) token: String,
+    pub(super) session: HallSession,
+    pub(super) lang: Lang,
 }
 
 impl FromRequestParts<AppState> for Holder {
@@ -62,10 +62,12 @@ impl FromRequestParts<AppState> for Holder {
 }
 
 impl Holder {
-    fn nav(&self) -> Markup {
+    pub(super) fn nav(&self) -> Markup {
         let lang = self.lang;
         html! {
             a href="/hall/" { (lang.t("我的卡", "My card")) }
+            a href="/hall/services" { (lang.t("办事服务", "Services")) }
+            a href="/hall/applications" { (lang.t("我的申请", "My applications")) }
             form.inline method="post" action="/hall/logout" {
                 input type="hidden" name="forgery" value=(forgery_token(&self.token));
                 button type="submit" { (lang.t("退出", "Log out")) }
@@ -73,11 +75,11 @@ impl Holder {
         }
     }
 
-    fn forgery_ok(&self, given: &str) -> bool {
+    pub(super) fn forgery_ok(&self, given: &str) -> bool {
         forgery_checks(given, &forgery_token(&self.token))
     }
 
-    fn audit(
+    pub(super) fn audit(
         &self,
         state: &AppState,
         from: std::net::SocketAddr,

@@ -23,11 +23,13 @@
 //! # Layout
 //! - `mod.rs` — the router, the page frame, languages, cookies, forgery tokens.
 //! - `hall.rs` — the service hall: login, first password, my card, report lost.
+//! - `services.rs` — the hall's services: apply, my applications, confirm and rate.
 //! - `console.rs` — the console: sign-in, cards (search, detail, state changes).
 //! - `style.css` — the one stylesheet.
 
 mod console;
 mod hall;
+mod services;
 
 use axum::Router;
 use axum::extract::Request;
@@ -58,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         .route("/assets/style.css", get(style))
         .route("/lang/{lang}", get(switch_lang))
         .merge(hall::routes())
+        .merge(services::routes())
         .merge(console::routes())
         .layer(axum::middleware::from_fn(page_headers))
 }
