@@ -44,6 +44,7 @@ pub mod journal;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod notice;
 pub mod postings;
 pub mod reconcile;
 pub mod rekey;

@@ -28,6 +28,7 @@ use crate::adjustment::AdjustmentOrder;
 use crate::date::now_ms;
 use crate::journal::CONTROL_JOURNAL;
 use crate::ledger::{ControlError, Ledger};
+use crate::notice::{self, Notice, NoticeKind};
 use crate::store::CF_WORKFLOW;
 
 /// Instances listed at most by one query.
@@ -389,6 +390,58 @@ pub struct Instance {
     pub history: Vec<HistoryEntry>,
     /// The effect, once completed.
     pub effect: Option<EffectState>,
+}
+
+/// The notices a change of `after` (stored before as `before`, if at all) makes:
+/// none when it did not move (a comment), else the applicant's and the inbox's.
+fn notices_of(
+    definition: &Definition,
+    before: Option<&Instance>,
+    after: &Instance,
+    at_ms: u64,
+) -> Vec<Notice> {
+    let place = |i: &Instance| (i.status, i.step, i.assignee.clone());
+    if before.is_some_and(|before| place(before) == place(after)) {
+        return Vec::new();
+    }
+    let step = definition.steps.get(after.step);
+    let notice = |to: String, kind: NoticeKind| Notice {
+        id: 0,
+        at_ms,
+        to,
+        kind,
+        application: after.id,
+        workflow: after.workflow.clone(),
+        title: definition.title.clone(),
+        step: if after.status == Status::Open {
+            step.map(|s| s.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        },
+    };
+    let applicant = |kind| notice(after.applicant.clone(), kind);
+    match after.status {
+        Status::Open => match step {
+            Some(step) if step.role == APPLICANT => vec![applicant(NoticeKind::YourTurn)],
+            Some(step) => {
+                let inbox =
+                    after.assignee.clone().unwrap_or_else(|| notice::role_recipient(&step.role));
+                vec![applicant(NoticeKind::Progressed), notice(inbox, NoticeKind::Waiting)]
+            }
+            None => vec![applicant(NoticeKind::Progressed)],
+        },
+        Status::Returned => vec![applicant(NoticeKind::Returned)],
+        Status::Rejected => vec![applicant(NoticeKind::Rejected)],
+        Status::Completed => vec![applicant(NoticeKind::Completed)],
+    }
+}
+
+/// Notices read back at most for one recipient's list.
+pub const NOTICES_SCANNED_MAX: usize = 10_000;
+
+fn read_notice(value: &[u8]) -> Result<Notice, WorkflowError> {
+    serde_json::from_slice(value)
+        .map_err(|error| WorkflowError::Ledger(ControlError::Corrupt(format!("notice: {error}"))))
 }
 
 /// The workflows of a ledger: definitions and instances.
@@ -834,6 +887,93 @@ impl Workflows {
         if let Some(next) = next {
             write.put_cf(cf, KEY_NEXT, next.to_be_bytes());
         }
+        // Its notices, in the same write (callers hold the write lock, so the
+        // counter read here is not raced).
+        if let Some(definition) = self.definitions.get(&instance.workflow) {
+            let before = match self.instance(instance.id) {
+                Ok(before) => Some(before),
+                Err(WorkflowError::UnknownInstance(_)) => None,
+                Err(error) => return Err(error),
+            };
+            let notices = notices_of(definition, before.as_ref(), instance, now_ms());
+            if !notices.is_empty() {
+                let mut id = store.counter(CF_WORKFLOW, notice::KEY_NEXT_NOTICE)?;
+                for mut notice in notices {
+                    notice.id = id;
+                    let value = serde_json::to_vec(&notice).expect("a notice always serialises");
+                    write.put_cf(cf, notice::notice_key(id), value);
+                    id += 1;
+                }
+                write.put_cf(cf, notice::KEY_NEXT_NOTICE, id.to_be_bytes());
+            }
+        }
+        store.write_synced(CONTROL_JOURNAL, write).map_err(ControlError::Write)?;
+        Ok(())
+    }
+
+    /// The newest notices for any of `recipients`, newest first, at most `limit`
+    /// (and only among the latest [`NOTICES_SCANNED_MAX`]).
+    ///
+    /// # Errors
+    /// A failed or corrupt read.
+    pub fn notices_for(
+        &self,
+        recipients: &[String],
+        limit: usize,
+    ) -> Result<Vec<Notice>, WorkflowError> {
+        let store = self.ledger.store();
+        let from = notice::notice_key(u64::MAX);
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Reverse);
+        let mut out = Vec::new();
+        for item in store.db().iterator_cf(store.cf(CF_WORKFLOW), mode).take(NOTICES_SCANNED_MAX) {
+            let (key, value) = item?;
+            if key.first() != Some(&notice::NOTICE_PREFIX) || out.len() >= limit {
+                break;
+            }
+            let notice = read_notice(&value)?;
+            if recipients.contains(&notice.to) {
+                out.push(notice);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Notices after `id`, oldest first, at most `limit`: what the outbox hands on.
+    ///
+    /// # Errors
+    /// A failed or corrupt read.
+    pub fn notices_after(&self, id: u64, limit: usize) -> Result<Vec<Notice>, WorkflowError> {
+        let store = self.ledger.store();
+        let from = notice::notice_key(id.saturating_add(1));
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in store.db().iterator_cf(store.cf(CF_WORKFLOW), mode) {
+            let (key, value) = item?;
+            if key.first() != Some(&notice::NOTICE_PREFIX) || out.len() >= limit {
+                break;
+            }
+            out.push(read_notice(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// The last notice the outbox delivered (0: none).
+    ///
+    /// # Errors
+    /// A failed read.
+    pub fn delivered_through(&self) -> Result<u64, WorkflowError> {
+        Ok(self.ledger.store().counter(CF_WORKFLOW, notice::KEY_DELIVERED)?.saturating_sub(1))
+    }
+
+    /// Records that the outbox delivered every notice up to `id`, synced.
+    ///
+    /// # Errors
+    /// A failed write.
+    pub fn set_delivered_through(&self, id: u64) -> Result<(), WorkflowError> {
+        let store = self.ledger.store();
+        let mut write = rocksdb::WriteBatch::default();
+        // Kept one above, as a counter is: absent reads as 1, nothing delivered.
+        write.put_cf(store.cf(CF_WORKFLOW), notice::KEY_DELIVERED, (id + 1).to_be_bytes());
         store.write_synced(CONTROL_JOURNAL, write).map_err(ControlError::Write)?;
         Ok(())
     }

@@ -494,3 +494,43 @@ fn ledger_close(ledger: Arc<Ledger>, workflows: Workflows) {
     drop(workflows);
     Arc::into_inner(ledger).expect("the only holder").close();
 }
+
+#[test]
+fn every_step_change_notifies_the_applicant_and_the_inbox_it_reaches_and_a_comment_nobody() {
+    use onecard_engine::notice::NoticeKind;
+    let dir = TempDir::new("workflow-notices");
+    let ledger = Arc::new(Ledger::open(dir.path(), config(1)).expect("opens"));
+    let workflows = Workflows::new(Arc::clone(&ledger), &[]).expect("built-ins parse");
+    let holder = actor("cardholder:20260000001", &["cardholder"]);
+    let (wang, zhang) = (actor("clerk.wang", &["clerk"]), actor("clerk.zhang", &["clerk"]));
+    let id = workflows.submit(&holder, "maintenance", maintenance_form()).expect("applies").id;
+    workflows.act(&wang, id, Action::Comment, "looking", None, None).expect("comments");
+    workflows.act(&wang, id, Action::Approve, "", None, None).expect("triaged");
+    workflows.act(&zhang, id, Action::Approve, "fixed", None, None).expect("handled");
+    workflows.act(&holder, id, Action::Approve, "thanks", None, Some(5)).expect("confirmed");
+    let all = workflows.notices_after(0, 100).expect("reads");
+    let said: Vec<(&str, NoticeKind, &str)> =
+        all.iter().map(|n| (n.to.as_str(), n.kind, n.step.as_str())).collect();
+    assert_eq!(
+        said,
+        [
+            ("cardholder:20260000001", NoticeKind::Progressed, "triage"),
+            ("role:clerk", NoticeKind::Waiting, "triage"),
+            ("cardholder:20260000001", NoticeKind::Progressed, "handle"),
+            ("role:clerk", NoticeKind::Waiting, "handle"),
+            ("cardholder:20260000001", NoticeKind::YourTurn, "confirm"),
+            ("cardholder:20260000001", NoticeKind::Completed, ""),
+        ],
+        "the comment moved nothing and notified nobody"
+    );
+    let ids: Vec<u64> = all.iter().map(|n| n.id).collect();
+    assert_eq!(ids, (1..=6).collect::<Vec<_>>(), "dense from 1");
+    let mine = workflows.notices_for(&["cardholder:20260000001".to_owned()], 10).expect("reads");
+    assert_eq!(mine.len(), 4);
+    assert_eq!(mine[0].kind, NoticeKind::Completed, "newest first");
+    assert_eq!(workflows.delivered_through().expect("reads"), 0);
+    workflows.set_delivered_through(4).expect("writes");
+    assert_eq!(workflows.delivered_through().expect("reads"), 4);
+    assert_eq!(workflows.notices_after(4, 100).expect("reads").len(), 2);
+    ledger_close(ledger, workflows);
+}
