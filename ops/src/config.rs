@@ -166,6 +166,13 @@ pub struct Settings {
     #[arg(long, env = "ONECARD_METRICS_TOKEN")]
     pub metrics_token: Option<String>,
 
+    /// Where notices of applications' progress are posted as JSON (the campus's
+    /// enterprise WeChat or mail gateway on the campus network),
+    /// `http://host:port/path`: each at least once, with its id to tell a repeat,
+    /// retried with backoff. [default: none]
+    #[arg(long, env = "ONECARD_NOTICE_WEBHOOK")]
+    pub notice_webhook: Option<String>,
+
     /// Log as JSON lines instead of human-readable text. [default: false]
     #[arg(long, env = "ONECARD_LOG_JSON", num_args = 0..=1, default_missing_value = "true")]
     pub log_json: Option<bool>,
@@ -335,6 +342,7 @@ impl Settings {
             lockout_secs,
             master_key_file,
             metrics_token,
+            notice_webhook,
             log_json,
             demo,
             demo_cards,
@@ -399,6 +407,8 @@ pub struct Config {
     pub master_key_source: crate::master_key::Source,
     /// The token /metrics asks for, if any.
     pub metrics_token: Option<String>,
+    /// Where notices are posted, if anywhere.
+    pub notice_webhook: Option<String>,
     /// JSON logs.
     pub log_json: bool,
     /// Build the demo campus on an empty store.
@@ -486,6 +496,12 @@ impl Config {
         };
         anyhow::ensure!(!auth.token_ttl.is_zero(), "token_ttl_secs must be at least 1");
         anyhow::ensure!(auth.login_failures_max >= 1, "login_failures_max must be at least 1");
+        if let Some(url) = &settings.notice_webhook {
+            anyhow::ensure!(
+                url.starts_with("http://") && url.len() > "http://".len(),
+                "notice_webhook must be an http:// address on the campus network, not {url:?}"
+            );
+        }
         if let Some(token) = &settings.metrics_token {
             anyhow::ensure!(token.len() >= 16, "metrics_token must be at least 16 characters");
         }
@@ -590,6 +606,7 @@ impl Config {
             terminal_offline_after: secs(settings.terminal_offline_after_secs.unwrap_or(120)),
             auth,
             metrics_token: settings.metrics_token,
+            notice_webhook: settings.notice_webhook,
             log_json: settings.log_json.unwrap_or(false),
             demo: settings.demo.unwrap_or(false),
             demo_cards,

@@ -8,6 +8,7 @@
 //! - `api/` — the admin and finance HTTP API, /metrics and health.
 //! - `operators.rs` — operators of the API and their passwords.
 //! - `hall.rs` — cardholders of the service hall: hall passwords and sessions.
+//! - `notices.rs` — the notices' outbox: each posted to the webhook, at least once.
 //! - `pages/` — the web pages: the card centre's console and the service hall.
 //! - `tokens.rs` — live sessions by token, operators' and cardholders'.
 //! - `demo.rs` — the demo campus.
@@ -24,6 +25,7 @@ pub mod day;
 pub mod demo;
 pub mod hall;
 pub mod master_key;
+pub mod notices;
 pub mod operators;
 pub mod pages;
 pub mod settlement_files;

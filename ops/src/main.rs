@@ -702,8 +702,14 @@ async fn run_ledger(
         },
         shutdown.clone(),
     ));
+    let notices = config.notice_webhook.clone().map(|url| {
+        tokio::spawn(onecard_ops::notices::run(state.workflows.clone(), url, shutdown.clone()))
+    });
     let backup = tokio::spawn(backup::run(Arc::clone(&state.backups), shutdown));
     front_door.await.context("front door task")?.context("front door")?;
+    if let Some(notices) = notices {
+        notices.await.context("notice outbox task")?;
+    }
     day.await.context("business day task")?;
     backup.await.context("backup task")?;
     Ok(())

@@ -10,6 +10,7 @@
 pub mod browser;
 pub mod cell;
 pub mod proxy;
+pub mod webhook;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -18,7 +18,7 @@ use onecard_protocol::CardState;
 use serde::Deserialize;
 
 use super::hall::{state_name, statement_table};
-use super::services::{form_fields, history, label, status_name};
+use super::services::{NOTICES_SHOWN, form_fields, history, label, notice_list, status_name};
 use super::{
     ForgeryOnly, Lang, SignInFirst, beijing_time, cookie, date, forged, forgery_checks,
     forgery_token, login_forgery_checks, page, refusal, see_other, set_cookie, sign_in_page, yuan,
@@ -41,6 +41,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/cards/{card}", get(card))
         .route("/console/cards/{card}/{action}", post(card_action))
         .route("/console/inbox", get(inbox))
+        .route("/console/notices", get(notices))
         .route("/console/applications/{id}", get(application))
         .route("/console/applications/{id}/{action}", post(act))
 }
@@ -75,6 +76,7 @@ impl Operator {
             a href="/console/" { (lang.t("首页", "Home")) }
             a href="/console/cards" { (lang.t("卡务", "Cards")) }
             a href="/console/inbox" { (lang.t("待办", "Inbox")) }
+            a href="/console/notices" { (lang.t("消息", "Notices")) }
             span.who { (self.caller.operator) " · " (self.caller.role.as_str()) }
             form.inline method="post" action="/console/logout" {
                 input type="hidden" name="forgery" value=(forgery_token(&self.token));
@@ -544,4 +546,22 @@ async fn act(
         Ok(_) => see_other(&format!("/console/applications/{id}"), &[]),
         Err(error) => operator.error(&error),
     }
+}
+
+async fn notices(State(state): State<AppState>, operator: Operator) -> Response {
+    let lang = operator.lang;
+    let to = [
+        operator.caller.operator.clone(),
+        onecard_engine::notice::role_recipient(operator.caller.role.as_str()),
+    ];
+    let notices = match state.workflows.notices_for(&to, NOTICES_SHOWN) {
+        Ok(notices) => notices,
+        Err(error) => return refusal(lang, StatusCode::SERVICE_UNAVAILABLE, &error.to_string()),
+    };
+    page(
+        lang,
+        lang.t("消息", "Notices"),
+        Some(operator.nav()),
+        notice_list(lang, &notices, "/console/applications"),
+    )
 }

@@ -68,6 +68,7 @@ impl Holder {
             a href="/hall/" { (lang.t("我的卡", "My card")) }
             a href="/hall/services" { (lang.t("办事服务", "Services")) }
             a href="/hall/applications" { (lang.t("我的申请", "My applications")) }
+            a href="/hall/notices" { (lang.t("消息", "Notices")) }
             form.inline method="post" action="/hall/logout" {
                 input type="hidden" name="forgery" value=(forgery_token(&self.token));
                 button type="submit" { (lang.t("退出", "Log out")) }

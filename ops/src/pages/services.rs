@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{Markup, html};
 use onecard_engine::audit::Outcome;
+use onecard_engine::notice::{Notice, NoticeKind};
 use onecard_engine::workflow::{
     Action, Actor, CARDHOLDER, Definition, FieldKind, Instance, Prefill, Status, WorkflowError,
 };
@@ -31,6 +32,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/hall/applications", get(applications))
         .route("/hall/applications/{id}", get(application))
         .route("/hall/applications/{id}/confirm", post(confirm))
+        .route("/hall/notices", get(notices))
 }
 
 /// The cardholder as the workflows see them.
@@ -485,4 +487,66 @@ async fn confirm(
             lang.t("暂时无法办理。", "Not possible now."),
         ),
     }
+}
+
+/// Notices shown on one page at most.
+pub(super) const NOTICES_SHOWN: usize = 30;
+
+/// A notice in words, linking to its application at `base` (`/hall/applications`).
+pub(super) fn notice_list(lang: Lang, notices: &[Notice], base: &str) -> Markup {
+    let said = |notice: &Notice| -> String {
+        let title = label(lang, &notice.title);
+        match notice.kind {
+            NoticeKind::Progressed => {
+                format!("{title}{}{}", lang.t(" 已到达：", " reached "), notice.step)
+            }
+            NoticeKind::YourTurn => format!(
+                "{title}{}",
+                lang.t(" 已处理完毕，请您确认", " is handled: please confirm it")
+            ),
+            NoticeKind::Waiting => {
+                format!("{title}{}{}", lang.t(" 待办理：", " waits for you at "), notice.step)
+            }
+            NoticeKind::Returned => {
+                format!("{title}{}", lang.t(" 已退回，请补充", " was returned for changes"))
+            }
+            NoticeKind::Rejected => format!("{title}{}", lang.t(" 未通过", " was rejected")),
+            NoticeKind::Completed => format!("{title}{}", lang.t(" 已办结", " is done")),
+        }
+    };
+    html! {
+        @if notices.is_empty() {
+            p { (lang.t("没有消息。", "No notices.")) }
+        } @else {
+            ul.notices {
+                @for notice in notices {
+                    li {
+                        span.when { (beijing_time(notice.at_ms)) } " · "
+                        a href={ (base) "/" (notice.application) } { (said(notice)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn notices(State(state): State<AppState>, holder: Holder) -> Response {
+    if holder.session.must_change {
+        return see_other("/hall/password", &[]);
+    }
+    let lang = holder.lang;
+    let mine = [applicant(holder.session.card_number)];
+    let Ok(notices) = state.workflows.notices_for(&mine, NOTICES_SHOWN) else {
+        return refusal(
+            lang,
+            StatusCode::SERVICE_UNAVAILABLE,
+            lang.t("暂时无法读取。", "Not readable now."),
+        );
+    };
+    page(
+        lang,
+        lang.t("消息", "Notices"),
+        Some(holder.nav()),
+        notice_list(lang, &notices, "/hall/applications"),
+    )
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use onecard_protocol::{AnswerCode, ClientConfig, TerminalClient, TerminalKey};
 use onecard_tests::browser::Browser;
+use onecard_tests::webhook::Webhook;
 use onecard_tests::{Server, TempDir};
 
 use crate::support::{outcome, purchase};
@@ -254,7 +255,14 @@ async fn a_cardholder_session_reaches_no_operator_page_and_no_form_without_its_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_student_reports_a_fault_the_clerk_handles_it_from_the_inbox_and_the_student_rates_it() {
-    let (dir, server) = demo_server("pages-repair");
+    // The gateway refuses the first notice once: it is posted again, after a backoff.
+    let webhook = Webhook::start(1);
+    let dir = TempDir::new("pages-repair");
+    let url = webhook.url();
+    let server = Server::start_with(
+        dir.path(),
+        &["--demo", "--demo-cards", "500", "--notice-webhook", &url],
+    );
     let demo = dir.path().join("demo");
     let site = format!("http://{}", server.admin_addr());
     let student = holder(&demo, 4);
@@ -320,6 +328,32 @@ async fn a_student_reports_a_fault_the_clerk_handles_it_from_the_inbox_and_the_s
     browser.click("#confirm").await;
     assert_eq!(browser.text("#progress").await, "已办结");
     assert!(browser.page_text().await.contains("4/5"), "the rating is in the history");
+
+    // Every step change was a notice: in the hall, and at the gateway each once.
+    browser.open(&format!("{site}/hall/notices")).await;
+    let notices = browser.text("ul.notices").await;
+    assert!(notices.contains("已办结") && notices.contains("请您确认"), "{notices}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let accepted = loop {
+        let accepted: Vec<_> = webhook.received().into_iter().filter(|r| r.accepted).collect();
+        if accepted.len() >= 6 {
+            break accepted;
+        }
+        assert!(std::time::Instant::now() < deadline, "the gateway got {:?}", webhook.received());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let ids: Vec<u64> = accepted.iter().map(|r| r.body["id"].as_u64().expect("an id")).collect();
+    assert_eq!(ids, (1..=6).collect::<Vec<u64>>(), "each notice once, in order");
+    for received in &accepted {
+        assert_eq!(received.key.as_deref(), Some(received.body["id"].to_string().as_str()));
+        assert_eq!(received.body["application"], id);
+    }
+    let all = webhook.received();
+    assert!(
+        !all[0].accepted && all[1].body["id"] == all[0].body["id"],
+        "the refused one again first"
+    );
+    assert_eq!(accepted.last().expect("one").body["kind"], "completed");
 
     // Another cardholder's application is as absent as none.
     browser.open(&format!("{site}/hall/applications/{}", id + 1000)).await;
