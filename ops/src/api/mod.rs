@@ -59,6 +59,7 @@ pub use auth::Sessions;
 pub(crate) use auth::{Caller, Permission, authenticate};
 pub(crate) use cards::state_change;
 pub use health::metrics_token_given;
+pub(crate) use settlement::download as settlement_download;
 
 use crate::config::Config;
 use crate::operators::{OperatorError, Operators};

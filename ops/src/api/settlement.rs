@@ -284,13 +284,18 @@ pub async fn file(
     let rendered = settlement_files::render(&settlement, kind).map_err(|error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{error:#}"))
     })?;
+    Ok(download(kind, rendered))
+}
+
+/// A rendered settlement file as a download.
+pub(crate) fn download(kind: FileKind, rendered: settlement_files::RenderedFile) -> Response {
     let disposition = format!("attachment; filename=\"{}\"", rendered.name);
-    Ok((
+    (
         [
             (header::CONTENT_TYPE, kind.content_type().to_owned()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         rendered.bytes,
     )
-        .into_response())
+        .into_response()
 }

@@ -47,10 +47,10 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// A signed-in operator.
-struct Operator {
-    caller: Caller,
+pub(super) struct Operator {
+    pub(super) caller: Caller,
     token: String,
-    lang: Lang,
+    pub(super) lang: Lang,
 }
 
 impl FromRequestParts<AppState> for Operator {
@@ -70,11 +70,12 @@ impl FromRequestParts<AppState> for Operator {
 }
 
 impl Operator {
-    fn nav(&self) -> Markup {
+    pub(super) fn nav(&self) -> Markup {
         let lang = self.lang;
         html! {
             a href="/console/" { (lang.t("首页", "Home")) }
             a href="/console/cards" { (lang.t("卡务", "Cards")) }
+            a href="/console/day" { (lang.t("营业日", "Business day")) }
             a href="/console/inbox" { (lang.t("待办", "Inbox")) }
             a href="/console/notices" { (lang.t("消息", "Notices")) }
             span.who { (self.caller.operator) " · " (self.caller.role.as_str()) }
@@ -90,7 +91,7 @@ impl Operator {
     }
 
     /// The page for an API error: its message, with its status.
-    fn error(&self, error: &ApiError) -> Response {
+    pub(super) fn error(&self, error: &ApiError) -> Response {
         refusal(self.lang, error.status, &error.message)
     }
 }

@@ -24,10 +24,13 @@
 //! - `mod.rs` — the router, the page frame, languages, cookies, forgery tokens.
 //! - `hall.rs` — the service hall: login, first password, my card, report lost.
 //! - `services.rs` — the hall's services: apply, my applications, confirm and rate.
-//! - `console.rs` — the console: sign-in, cards (search, detail, state changes).
+//! - `console.rs` — the console: sign-in, cards (search, detail, state changes), the
+//!   inbox and applications, notices.
+//! - `day.rs` — the console's business day: settlements, their figures and files.
 //! - `style.css` — the one stylesheet.
 
 mod console;
+mod day;
 mod hall;
 mod services;
 
@@ -62,6 +65,7 @@ pub fn routes() -> Router<AppState> {
         .merge(hall::routes())
         .merge(services::routes())
         .merge(console::routes())
+        .merge(day::routes())
         .layer(axum::middleware::from_fn(page_headers))
 }
 

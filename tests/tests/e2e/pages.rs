@@ -366,3 +366,80 @@ async fn a_student_reports_a_fault_the_clerk_handles_it_from_the_inbox_and_the_s
     assert_eq!(application["applicant"], format!("cardholder:{}", student.card));
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finance_opens_yesterdays_settlement_and_its_workbook_totals_equal_the_csv_trailer() {
+    let (dir, server) = demo_server("pages-finance");
+    let demo = dir.path().join("demo");
+    let site = format!("http://{}", server.admin_addr());
+    let till = till(&server, &demo).await;
+    for (n, fen) in [(0, 1_250), (1, 1_350), (2, 860)] {
+        let answer = till.call(purchase(holder(&demo, n).card, fen)).await;
+        assert_eq!(outcome(&answer.expect("answered")).0, AnswerCode::Approved);
+    }
+    let (finance, password) = operator(&demo, "finance");
+    let browser = Browser::start().await;
+    sign_in(&browser, &site, &finance, &password).await;
+    browser.click("a[href='/console/day']").await;
+    let today = browser.text("#open-date").await;
+
+    // The day turns (finance may turn it); serve settles the closed date by itself.
+    let mut api = server.api();
+    api.login(&finance, &password).expect("finance logs in");
+    let (status, body) = api.post("/api/cutover", &serde_json::json!({ "date": today }));
+    assert_eq!(status, 200, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while api.get(&format!("/api/settlements/{today}")).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "{today} was never settled");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    browser.open(&format!("{site}/console/day")).await;
+    browser.click(&format!("a[href='/console/settlements/{today}']")).await;
+    let net_payable = browser.text("#net-payable").await;
+    picture(&browser, "console-settlement").await;
+    let cookie = browser
+        .client()
+        .get_named_cookie("onecard_console")
+        .await
+        .expect("the console's session")
+        .value()
+        .to_owned();
+    let download = |id: &'static str| {
+        let (browser, site, cookie) = (&browser, &site, &cookie);
+        async move {
+            let href = browser.find(&format!("a#download-{id}")).await.attr("href").await;
+            let href = href.expect("an attribute").expect("a link");
+            let mut answer = ureq::get(&format!("{site}{href}"))
+                .header("Cookie", &format!("onecard_console={cookie}"))
+                .call()
+                .expect("the file");
+            answer.body_mut().read_to_vec().expect("its bytes")
+        }
+    };
+    let csv = download("merchants").await;
+    let body = csv.strip_prefix(b"\xEF\xBB\xBF".as_slice()).expect("a BOM");
+    let last =
+        String::from_utf8_lossy(body).trim_end().lines().last().expect("a trailer").to_owned();
+    let trailer: Vec<&str> = last.split(',').collect();
+    assert_eq!(trailer[0], "TRAILER");
+    assert_eq!(trailer[4], net_payable, "the page's net payable is the trailer's");
+
+    let xlsx = download("xlsx").await;
+    let mut workbook: calamine::Xlsx<_> =
+        calamine::Reader::new(std::io::Cursor::new(xlsx)).expect("a workbook");
+    let sheet = calamine::Reader::worksheet_range(&mut workbook, "merchants").expect("a sheet");
+    let header: Vec<String> =
+        sheet.rows().next().expect("a header").iter().map(ToString::to_string).collect();
+    let total = sheet.rows().next_back().expect("a total row");
+    assert_eq!(total[0].to_string(), "TOTAL");
+    for (field, at) in [("gross_yuan", 2), ("commission_yuan", 3), ("net_payable_yuan", 4)] {
+        let column = header.iter().position(|h| h == field).expect("the column");
+        let cell: f64 = total[column].to_string().parse().expect("a number");
+        let trailer_fen = trailer[at].replace('.', "").parse::<i64>().expect("yuan");
+        #[allow(clippy::cast_possible_truncation, reason = "yuan to fen of a test's day")]
+        let cell_fen = (cell * 100.0).round() as i64;
+        assert_eq!(cell_fen, trailer_fen, "{field}: the workbook's total is the trailer's");
+    }
+    browser.close().await;
+}

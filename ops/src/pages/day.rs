@@ -1,0 +1,167 @@
+//! The console's business day: the open date and the closed dates before it, each
+//! date's settlement with its figures and every merchant's line, and the files
+//! finance pulls (the merchants, terminals and meals CSVs and the workbook), the
+//! same bytes as the settlement folder's and the API's.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use maud::html;
+use serde::Deserialize;
+
+use super::console::Operator;
+use super::{page, refusal, yuan};
+use crate::api::{AppState, Permission};
+use crate::settlement_files::{self, FileKind};
+
+/// Closed dates listed on the day page, the latest first.
+const DATES_LISTED: usize = 14;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/console/day", get(day))
+        .route("/console/settlements/{date}", get(settlement))
+        .route("/console/settlements/{date}/file", get(file))
+}
+
+async fn day(State(state): State<AppState>, operator: Operator) -> Response {
+    let lang = operator.lang;
+    if let Err(error) = operator.caller.require(&state, Permission::LedgerRead) {
+        return operator.error(&error);
+    }
+    let ledger = &state.ledger;
+    let mut dates = Vec::new();
+    let mut date = ledger.closed_through();
+    while dates.len() < DATES_LISTED && date < ledger.business_date() {
+        dates.push((date, ledger.settlement(date).ok().flatten().map(|s| s.totals())));
+        date = date.previous();
+    }
+    page(
+        lang,
+        lang.t("营业日与结算", "Business day and settlement"),
+        Some(operator.nav()),
+        html! {
+            dl.figures {
+                dt { (lang.t("当前营业日", "Open business date")) } dd #open-date { (ledger.business_date()) }
+                dt { (lang.t("已日切至", "Closed through")) } dd { (ledger.closed_through()) }
+            }
+            table.dates {
+                thead { tr {
+                    th { (lang.t("营业日", "Date")) }
+                    th { (lang.t("结算", "Settlement")) }
+                    th.amount { (lang.t("净应付（元）", "Net payable (yuan)")) }
+                } }
+                tbody {
+                    @for (date, totals) in &dates {
+                        tr {
+                            td { (date) }
+                            @if let Some(totals) = totals {
+                                td { a href={ "/console/settlements/" (date) } { (lang.t("已结算", "settled")) } }
+                                td.amount { (yuan(totals.net_payable_fen)) }
+                            } @else {
+                                td { (lang.t("未结算", "not settled")) }
+                                td {}
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+async fn settlement(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(date): Path<String>,
+) -> Response {
+    let lang = operator.lang;
+    if let Err(error) = operator.caller.require(&state, Permission::LedgerRead) {
+        return operator.error(&error);
+    }
+    let Some(settled) = settled(&state, &date) else {
+        return refusal(
+            lang,
+            StatusCode::NOT_FOUND,
+            lang.t("这一天没有结算。", "That date has no settlement."),
+        );
+    };
+    let totals = settled.totals();
+    let date = settled.date().map(|d| d.to_string()).unwrap_or_default();
+    page(
+        lang,
+        &format!("{} {date}", lang.t("结算", "Settlement")),
+        Some(operator.nav()),
+        html! {
+            dl.figures #totals {
+                dt { (lang.t("商户", "Merchants")) } dd { (totals.merchants) }
+                dt { (lang.t("消费笔数 / 金额", "Purchases")) } dd { (totals.purchases.count) " / " (yuan(totals.purchases.fen)) }
+                dt { (lang.t("退款", "Refunds")) } dd { (totals.refunds.count) " / " (yuan(totals.refunds.fen)) }
+                dt { (lang.t("冲正", "Reversals")) } dd { (totals.reversals.count) " / " (yuan(totals.reversals.fen)) }
+                dt { (lang.t("净销售", "Net sales")) } dd { (yuan(totals.net_sales_fen)) }
+                dt { (lang.t("管理费", "Commission")) } dd { (yuan(totals.commission_fen)) }
+                dt { (lang.t("净应付", "Net payable")) } dd #net-payable { (yuan(totals.net_payable_fen)) }
+            }
+            p.actions {
+                @for kind in FileKind::ALL {
+                    a.button id={ "download-" (kind.name()) } href={ "/console/settlements/" (date) "/file?kind=" (kind.name()) } {
+                        (lang.t("下载 ", "Download ")) (kind.file_name(settled.business_date))
+                    }
+                }
+            }
+            table.settlement {
+                thead { tr {
+                    th { (lang.t("商户", "Merchant")) }
+                    th.amount { (lang.t("消费笔数", "Purchases")) }
+                    th.amount { (lang.t("净销售", "Net sales")) }
+                    th.amount { (lang.t("管理费", "Commission")) }
+                    th.amount { (lang.t("净应付", "Net payable")) }
+                } }
+                tbody {
+                    @for merchant in settled.merchants.iter().filter(|m| m.sales.purchases.count > 0 || m.net_payable_fen != 0) {
+                        tr {
+                            td { (merchant.name) }
+                            td.amount { (merchant.sales.purchases.count) }
+                            td.amount { (yuan(merchant.sales.net_fen)) }
+                            td.amount { (yuan(merchant.commission_fen)) }
+                            td.amount { (yuan(merchant.net_payable_fen)) }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn settled(state: &AppState, date: &str) -> Option<onecard_engine::settlement::Settlement> {
+    let date = crate::api::money::parse_business_date(date).ok()?;
+    state.ledger.settlement(date).ok().flatten()
+}
+
+#[derive(Debug, Deserialize)]
+struct FileQuery {
+    #[serde(default)]
+    kind: String,
+}
+
+async fn file(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(date): Path<String>,
+    Query(query): Query<FileQuery>,
+) -> Response {
+    let lang = operator.lang;
+    if let Err(error) = operator.caller.require(&state, Permission::LedgerRead) {
+        return operator.error(&error);
+    }
+    let (Some(settled), Some(kind)) = (settled(&state, &date), FileKind::from_name(&query.kind))
+    else {
+        return refusal(lang, StatusCode::NOT_FOUND, lang.t("没有这个文件。", "No such file."));
+    };
+    match settlement_files::render(&settled, kind) {
+        Ok(rendered) => crate::api::settlement_download(kind, rendered),
+        Err(error) => refusal(lang, StatusCode::INTERNAL_SERVER_ERROR, &format!("{error:#}")),
+    }
+}
