@@ -179,24 +179,31 @@ pub async fn merchant_action(
 /// A terminal as the API shows it: never its key.
 #[derive(Debug, Serialize)]
 pub struct TerminalJson {
-    id: u32,
-    merchant_id: u32,
-    shard: u8,
-    enabled: bool,
+    pub(crate) id: u32,
+    pub(crate) merchant_id: u32,
+    pub(crate) shard: u8,
+    pub(crate) enabled: bool,
     /// A session is signed on now.
-    online: bool,
+    pub(crate) online: bool,
     /// Not heard from within the offline threshold (or never since start).
-    offline: bool,
-    last_seen_ms: Option<u64>,
-    clock_skew_ms: i64,
-    software_version: u32,
-    blacklist_version: u64,
+    pub(crate) offline: bool,
+    pub(crate) last_seen_ms: Option<u64>,
+    pub(crate) clock_skew_ms: i64,
+    pub(crate) software_version: u32,
+    pub(crate) blacklist_version: u64,
     /// Versions behind the current blacklist.
-    blacklist_behind: u64,
-    last_sequence: u64,
+    pub(crate) blacklist_behind: u64,
+    pub(crate) last_sequence: u64,
 }
 
-fn terminal_json(state: &AppState, terminal: &Terminal) -> TerminalJson {
+impl TerminalJson {
+    /// Enabled, and offline or behind on the blacklist: the attention list's rule.
+    pub(crate) const fn needs_attention(&self) -> bool {
+        self.enabled && (self.offline || self.blacklist_behind > 0)
+    }
+}
+
+pub(crate) fn terminal_json(state: &AppState, terminal: &Terminal) -> TerminalJson {
     let now = now_ms();
     let offline_after_ms =
         u64::try_from(state.config.terminal_offline_after.as_millis()).unwrap_or(u64::MAX);
@@ -256,7 +263,7 @@ pub async fn attention(
         terminals
             .iter()
             .map(|t| terminal_json(&state, t))
-            .filter(|t| t.enabled && (t.offline || t.blacklist_behind > 0))
+            .filter(TerminalJson::needs_attention)
             .collect(),
     ))
 }

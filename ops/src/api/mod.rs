@@ -58,6 +58,7 @@ use serde::de::DeserializeOwned;
 pub use auth::Sessions;
 pub(crate) use auth::{Caller, Permission, authenticate};
 pub(crate) use cards::state_change;
+pub(crate) use directory::terminal_json;
 pub use health::metrics_token_given;
 pub(crate) use settlement::download as settlement_download;
 

@@ -49,7 +49,7 @@ pub(super) fn routes() -> Router<AppState> {
 /// A signed-in operator.
 pub(super) struct Operator {
     pub(super) caller: Caller,
-    token: String,
+    pub(super) token: String,
     pub(super) lang: Lang,
 }
 
@@ -75,6 +75,7 @@ impl Operator {
         html! {
             a href="/console/" { (lang.t("首页", "Home")) }
             a href="/console/cards" { (lang.t("卡务", "Cards")) }
+            a href="/console/terminals" { (lang.t("终端", "Terminals")) }
             a href="/console/day" { (lang.t("营业日", "Business day")) }
             a href="/console/inbox" { (lang.t("待办", "Inbox")) }
             a href="/console/notices" { (lang.t("消息", "Notices")) }
@@ -86,7 +87,7 @@ impl Operator {
         }
     }
 
-    fn forgery_ok(&self, given: &str) -> bool {
+    pub(super) fn forgery_ok(&self, given: &str) -> bool {
         forgery_checks(given, &forgery_token(&self.token))
     }
 
@@ -185,15 +186,43 @@ async fn logout(
 async fn home(State(state): State<AppState>, operator: Operator) -> Response {
     let lang = operator.lang;
     let ledger = &state.ledger;
+    let terminals: Vec<_> =
+        ledger.terminals().iter().map(|t| crate::api::terminal_json(&state, t)).collect();
+    let online = terminals.iter().filter(|t| t.online).count();
+    let attention = terminals.iter().filter(|t| t.needs_attention()).count();
+    let waiting = state.workflows.inbox(&operator.actor()).map_or(0, |items| items.len());
+    let closed = ledger.closed_through();
+    let last_settlement = ledger.settlement(closed).ok().flatten().map(|s| s.totals());
+    let may_read_ledger = Permission::LedgerRead.allows(operator.caller.role);
+    let poisoned = ledger.health().iter().filter(|h| h.poisoned).count();
     page(
         lang,
         lang.t("卡务中心控制台", "Card centre console"),
         Some(operator.nav()),
         html! {
+            @if poisoned > 0 {
+                p.error role="alert" { (lang.t("有分片无法写入，正在拒绝交易：请按运维手册处理。", "A shard cannot write and refuses transactions: follow the runbook.")) }
+            }
             dl.figures {
                 dt { (lang.t("营业日", "Business date")) } dd #business-date { (ledger.business_date()) }
-                dt { (lang.t("商户", "Merchants")) } dd { (ledger.merchants().len()) }
-                dt { (lang.t("终端", "Terminals")) } dd { (ledger.terminals().len()) }
+                @if may_read_ledger {
+                    dt { (lang.t("卡池余额（元）", "Card pool (yuan)")) }
+                    dd #card-pool { (ledger.card_pool_fen().map(yuan).unwrap_or_default()) }
+                }
+                dt { (lang.t("终端在线 / 全部", "Terminals online / all")) } dd { (online) " / " (terminals.len()) }
+                dt { (lang.t("需关注的终端", "Terminals needing attention")) }
+                dd { a href="/console/terminals?attention=1" { (attention) } }
+                dt { (lang.t("我的待办", "Waiting for me")) } dd #waiting { a href="/console/inbox" { (waiting) } }
+                @if may_read_ledger {
+                    dt { (lang.t("最近结算", "Last settlement")) }
+                    dd {
+                        @if let Some(totals) = last_settlement {
+                            a href={ "/console/settlements/" (closed) } { (closed) } " · " (yuan(totals.net_payable_fen))
+                        } @else {
+                            (closed) " · " (lang.t("未结算", "not settled"))
+                        }
+                    }
+                }
             }
             (search_form(lang, ""))
         },
@@ -377,7 +406,7 @@ async fn card_action(
 
 impl Operator {
     /// The operator as the workflows see them.
-    fn actor(&self) -> Actor {
+    pub(super) fn actor(&self) -> Actor {
         Actor {
             name: self.caller.operator.clone(),
             roles: vec![self.caller.role.as_str().to_owned()],

@@ -27,12 +27,15 @@
 //! - `console.rs` — the console: sign-in, cards (search, detail, state changes), the
 //!   inbox and applications, notices.
 //! - `day.rs` — the console's business day: settlements, their figures and files.
+//! - `terminals.rs` — the console's terminals: the attention list, enable, disable,
+//!   a new key shown once.
 //! - `style.css` — the one stylesheet.
 
 mod console;
 mod day;
 mod hall;
 mod services;
+mod terminals;
 
 use axum::Router;
 use axum::extract::Request;
@@ -66,6 +69,7 @@ pub fn routes() -> Router<AppState> {
         .merge(services::routes())
         .merge(console::routes())
         .merge(day::routes())
+        .merge(terminals::routes())
         .layer(axum::middleware::from_fn(page_headers))
 }
 

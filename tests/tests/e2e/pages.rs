@@ -214,7 +214,17 @@ async fn a_cardholder_session_reaches_no_operator_page_and_no_form_without_its_t
     assert_eq!(browser.text("#card-number").await, student.card.to_string());
 
     // Every console page sends a cardholder to the operators' sign-in.
-    for path in ["/console/", "/console/cards?q=1", &format!("/console/cards/{}", other.card)] {
+    let console_pages = [
+        "/console/".to_owned(),
+        "/console/cards?q=1".to_owned(),
+        format!("/console/cards/{}", other.card),
+        "/console/inbox".to_owned(),
+        "/console/notices".to_owned(),
+        "/console/applications/1".to_owned(),
+        "/console/terminals".to_owned(),
+        "/console/day".to_owned(),
+    ];
+    for path in &console_pages {
         browser.open(&format!("{site}{path}")).await;
         assert!(browser.url().await.ends_with("/console/login"), "{path} let a cardholder in");
         assert!(!browser.page_text().await.contains(&other.name), "{path} showed another's name");
@@ -441,5 +451,42 @@ async fn finance_opens_yesterdays_settlement_and_its_workbook_totals_equal_the_c
         let cell_fen = (cell * 100.0).round() as i64;
         assert_eq!(cell_fen, trailer_fen, "{field}: the workbook's total is the trailer's");
     }
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_gives_a_terminal_a_new_key_shown_once_and_the_old_key_no_longer_signs_on() {
+    let (dir, server) = demo_server("pages-terminals");
+    let demo = dir.path().join("demo");
+    let site = format!("http://{}", server.admin_addr());
+    let csv = std::fs::read_to_string(demo.join("terminals.csv")).expect("terminals.csv");
+    let fields: Vec<&str> =
+        csv.lines().find(|l| l.contains(",canteen,")).expect("a canteen").split(',').collect();
+    let (id, old_key): (u32, TerminalKey) =
+        (fields[0].parse().expect("an id"), TerminalKey::from_hex(fields[4]).expect("a key"));
+    let connect = |key: TerminalKey| {
+        let address = server.terminal_addr();
+        async move { TerminalClient::connect(address, id, &key, 0, ClientConfig::default()).await }
+    };
+    connect(old_key.clone()).await.expect("the old key signs on");
+
+    let (admin, password) = operator(&demo, "admin");
+    let browser = Browser::start().await;
+    sign_in(&browser, &site, &admin, &password).await;
+    assert!(
+        browser.text("#waiting").await.parse::<usize>().is_ok(),
+        "the dashboard counts the inbox"
+    );
+    browser.click("a[href='/console/terminals']").await;
+    browser.click(&format!("#rotate-key-{id}")).await;
+    let new_key = TerminalKey::from_hex(&browser.text("#new-key").await).expect("64 hex digits");
+    assert!(connect(old_key).await.is_err(), "the old key is refused");
+    let client = connect(new_key.clone()).await.expect("the new key signs on");
+    drop(client);
+    browser.open(&format!("{site}/console/terminals")).await;
+    assert!(!browser.page_text().await.contains(&new_key.to_hex()), "the key is shown once only");
+
+    browser.click(&format!("#disable-{id}")).await;
+    assert!(connect(new_key).await.is_err(), "a disabled terminal does not sign on");
     browser.close().await;
 }
