@@ -77,6 +77,12 @@ impl Operator {
             a href="/console/cards" { (lang.t("卡务", "Cards")) }
             a href="/console/terminals" { (lang.t("终端", "Terminals")) }
             a href="/console/day" { (lang.t("营业日", "Business day")) }
+            @if Permission::AuditRead.allows(self.caller.role) {
+                a href="/console/audit" { (lang.t("审计", "Audit")) }
+            }
+            @if Permission::OperatorsWrite.allows(self.caller.role) {
+                a href="/console/operators" { (lang.t("操作员", "Operators")) }
+            }
             a href="/console/inbox" { (lang.t("待办", "Inbox")) }
             a href="/console/notices" { (lang.t("消息", "Notices")) }
             span.who { (self.caller.operator) " · " (self.caller.role.as_str()) }

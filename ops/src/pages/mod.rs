@@ -27,10 +27,12 @@
 //! - `console.rs` — the console: sign-in, cards (search, detail, state changes), the
 //!   inbox and applications, notices.
 //! - `day.rs` — the console's business day: settlements, their figures and files.
+//! - `audit.rs` — the console's audit search and operators' list.
 //! - `terminals.rs` — the console's terminals: the attention list, enable, disable,
 //!   a new key shown once.
 //! - `style.css` — the one stylesheet.
 
+mod audit;
 mod console;
 mod day;
 mod hall;
@@ -70,6 +72,7 @@ pub fn routes() -> Router<AppState> {
         .merge(console::routes())
         .merge(day::routes())
         .merge(terminals::routes())
+        .merge(audit::routes())
         .layer(axum::middleware::from_fn(page_headers))
 }
 

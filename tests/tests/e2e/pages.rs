@@ -488,5 +488,24 @@ async fn an_admin_gives_a_terminal_a_new_key_shown_once_and_the_old_key_no_longe
 
     browser.click(&format!("#disable-{id}")).await;
     assert!(connect(new_key).await.is_err(), "a disabled terminal does not sign on");
+
+    // The audit search finds both, by who and what; the operators' list is the admin's.
+    browser.open(&format!("{site}/console/audit?actor={admin}&target=terminal:{id}")).await;
+    let actions = browser.text("table.audit tbody").await;
+    assert!(
+        actions.contains("terminal.rotate_key") && actions.contains("terminal.disable"),
+        "{actions}"
+    );
+    browser.open(&format!("{site}/console/operators")).await;
+    assert!(browser.text("table.operators").await.contains("demo-clerk"));
+    browser.close().await;
+
+    let (clerk, clerk_password) = operator(&demo, "clerk");
+    let browser = Browser::start().await;
+    sign_in(&browser, &site, &clerk, &clerk_password).await;
+    for path in ["/console/audit", "/console/operators"] {
+        browser.open(&format!("{site}{path}")).await;
+        assert!(browser.text(".error").await.contains("may not"), "a clerk reads no {path}");
+    }
     browser.close().await;
 }
