@@ -432,30 +432,53 @@ pub async fn change_password(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     Body(change): Body<ChangePassword>,
 ) -> ApiResult<OperatorView> {
+    let record = change_operator_password(
+        &state,
+        from,
+        &change.operator,
+        &change.password,
+        change.new_password,
+    )
+    .await?;
+    Ok(Json(OperatorView::from(&record)))
+}
+
+/// Changes `operator`'s password from `current` to `new` (the API's and the
+/// console's), audited; ends the operator's tokens.
+///
+/// # Errors
+/// As a login's, and `weak_password` or `same_password`.
+pub(crate) async fn change_operator_password(
+    state: &AppState,
+    from: SocketAddr,
+    operator: &str,
+    current: &str,
+    new: String,
+) -> Result<OperatorRecord, ApiError> {
     let action = "auth.change_password";
-    authenticate(&state, from, action, &change.operator, &change.password).await?;
-    let target = format!("operator:{}", change.operator);
-    if let Err(error) = check_password(&change.new_password) {
-        state.audit(&change.operator, action, &target, Outcome::Refused, from, "weak password")?;
+    authenticate(state, from, action, operator, current).await?;
+    let target = format!("operator:{operator}");
+    if let Err(error) = check_password(&new) {
+        state.audit(operator, action, &target, Outcome::Refused, from, "weak password")?;
         return Err(error.into());
     }
-    if change.new_password == change.password {
-        state.audit(&change.operator, action, &target, Outcome::Refused, from, "same password")?;
+    if new == current {
+        state.audit(operator, action, &target, Outcome::Refused, from, "same password")?;
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "same_password",
             "the new password must differ",
         ));
     }
-    let hash = state.operators.hash(change.new_password).await?;
-    let record = state.operators.update(&change.operator, |r| {
+    let hash = state.operators.hash(new).await?;
+    let record = state.operators.update(operator, |r| {
         r.password_hash = hash;
         r.password_changed_at_ms = now_ms();
         r.must_change_password = false;
     })?;
-    state.sessions.revoke_operator(&change.operator);
-    state.audit(&change.operator, action, &target, Outcome::Ok, from, "")?;
-    Ok(Json(OperatorView::from(&record)))
+    state.sessions.revoke_operator(operator);
+    state.audit(operator, action, &target, Outcome::Ok, from, "")?;
+    Ok(record)
 }
 
 /// An operator as the API shows it: never the hash.

@@ -56,7 +56,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use auth::Sessions;
-pub(crate) use auth::{Caller, Permission, authenticate};
+pub(crate) use auth::{Caller, Permission, authenticate, change_operator_password};
 pub(crate) use cards::state_change;
 pub(crate) use directory::terminal_json;
 pub use health::metrics_token_given;

@@ -23,7 +23,9 @@ use super::{
     ForgeryOnly, Lang, SignInFirst, beijing_time, cookie, date, forged, forgery_checks,
     forgery_token, login_forgery_checks, page, refusal, see_other, set_cookie, sign_in_page, yuan,
 };
-use crate::api::{ApiError, AppState, Caller, Permission, authenticate, state_change};
+use crate::api::{
+    ApiError, AppState, Caller, Permission, authenticate, change_operator_password, state_change,
+};
 use onecard_engine::workflow::{Action, Actor, Definition, Instance, Status};
 
 /// The cookie of an operator's console session: the API's bearer token.
@@ -37,6 +39,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/", get(home))
         .route("/console/login", get(login_form).post(login))
         .route("/console/logout", post(logout))
+        .route("/console/password", post(change_password))
         .route("/console/cards", get(search))
         .route("/console/cards/{card}", get(card))
         .route("/console/cards/{card}/{action}", post(card_action))
@@ -116,7 +119,90 @@ fn login_page(headers: &HeaderMap, error: Option<&str>, status: StatusCode) -> R
             input name="password" type="password" autocomplete="current-password" required; }
     };
     let title = lang.t("卡务中心控制台 · 登录", "Card centre console · Sign in");
-    sign_in_page(headers, title, "/console/login", fields, None, (error, status))
+    sign_in_page(
+        headers,
+        (title, "/console/login", lang.t("登录", "Sign in")),
+        fields,
+        None,
+        (error, status),
+    )
+}
+
+/// The change of a password that must be changed before signing in: the operator's
+/// name, the current password and the new one twice, under the login form's
+/// anti-forgery value.
+fn password_page(
+    headers: &HeaderMap,
+    operator: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let lang = Lang::of(headers);
+    let fields = html! {
+        input type="hidden" name="operator" value=(operator);
+        label { (lang.t("当前密码", "Current password"))
+            input name="password" type="password" autocomplete="current-password" required; }
+        label { (lang.t("新密码", "New password"))
+            input name="new_password" type="password" autocomplete="new-password" required; }
+        label { (lang.t("再次输入新密码", "New password again"))
+            input name="repeat" type="password" autocomplete="new-password" required; }
+    };
+    let title = lang.t("修改密码", "Change the password");
+    sign_in_page(
+        headers,
+        (title, "/console/password", lang.t("修改", "Change")),
+        fields,
+        None,
+        (error, status),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct PasswordForm {
+    #[serde(default)]
+    forgery: String,
+    #[serde(default)]
+    operator: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    new_password: String,
+    #[serde(default)]
+    repeat: String,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    if !login_forgery_checks(&headers, &form.forgery) {
+        return forged(lang);
+    }
+    if form.new_password != form.repeat {
+        let message = lang.t("两次输入的新密码不一致。", "The two new passwords differ.");
+        return password_page(
+            &headers,
+            &form.operator,
+            Some(message),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+    }
+    let changed =
+        change_operator_password(&state, from, &form.operator, &form.password, form.new_password)
+            .await;
+    match changed {
+        Ok(_) => {
+            let message = lang.t(
+                "密码已修改，请用新密码登录。",
+                "The password is changed: sign in with the new one.",
+            );
+            login_page(&headers, Some(message), StatusCode::OK)
+        }
+        Err(error) => password_page(&headers, &form.operator, Some(&error.message), error.status),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,10 +243,10 @@ async fn login(
         onecard_engine::date::now_ms().saturating_sub(record.password_changed_at_ms) > max_age_ms;
     if record.must_change_password || expired {
         let message = lang.t(
-            "密码须先修改（管理员设置的密码或已过期），请通过 POST /api/auth/password 修改后再登录。",
-            "The password must be changed first (set by an admin, or too old): change it at POST /api/auth/password, then sign in.",
+            "密码须先修改（管理员设置的密码或已过期）。",
+            "The password must be changed first (set by an admin, or too old).",
         );
-        return login_page(&headers, Some(message), StatusCode::FORBIDDEN);
+        return password_page(&headers, &record.name, Some(message), StatusCode::FORBIDDEN);
     }
     let token = match state.sessions.issue(&record.name, record.role, state.config.auth.token_ttl) {
         Ok(token) => token,

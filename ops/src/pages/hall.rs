@@ -111,7 +111,13 @@ fn login_page(headers: &HeaderMap, error: Option<&str>, status: StatusCode) -> R
         "The hall password is not your purchase PIN. Log in first with the password the card centre gave you; you will change it at once. If you forgot it, the card centre resets it when you show your ID.",
     );
     let title = lang.t("网上办事大厅 · 登录", "Service hall · Log in");
-    sign_in_page(headers, title, "/hall/login", fields, Some(hint), (error, status))
+    sign_in_page(
+        headers,
+        (title, "/hall/login", lang.t("登录", "Log in")),
+        fields,
+        Some(hint),
+        (error, status),
+    )
 }
 
 #[derive(Debug, Deserialize)]

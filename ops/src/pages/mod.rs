@@ -240,12 +240,12 @@ fn forged(lang: Lang) -> Response {
     )
 }
 
-/// A sign-in page: `fields` (the name and password inputs) in a form posted to
-/// `action` with its anti-forgery value, `error` above it and `hint` below.
+/// A sign-in page titled `title`: `fields` (the name and password inputs) in a form
+/// posted to `action` with its anti-forgery value and a `submit` button, `error`
+/// above it and `hint` below.
 fn sign_in_page(
     headers: &HeaderMap,
-    title: &str,
-    action: &str,
+    (title, action, submit): (&str, &str, &str),
     fields: Markup,
     hint: Option<&str>,
     (error, status): (Option<&str>, StatusCode),
@@ -261,7 +261,7 @@ fn sign_in_page(
             form.card method="post" action=(action) {
                 input type="hidden" name="forgery" value=(forgery);
                 (fields)
-                button type="submit" { (lang.t("登录", "Sign in")) }
+                button type="submit" { (submit) }
             }
             @if let Some(hint) = hint { p.hint { (hint) } }
         },

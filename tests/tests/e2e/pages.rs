@@ -509,3 +509,37 @@ async fn an_admin_gives_a_terminal_a_new_key_shown_once_and_the_old_key_no_longe
     }
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_with_a_password_set_by_an_admin_changes_it_at_the_console_before_signing_in() {
+    let (dir, server) = demo_server("pages-first-password");
+    let demo = dir.path().join("demo");
+    let site = format!("http://{}", server.admin_addr());
+    let mut admin = server.api();
+    let (name, password) = operator(&demo, "admin");
+    admin.login(&name, &password).expect("the admin");
+    let body =
+        serde_json::json!({ "name": "clerk.li", "role": "clerk", "password": "set-by-admin-1" });
+    assert_eq!(admin.post("/api/operators", &body).0, 200);
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &site, "clerk.li", "set-by-admin-1").await;
+    assert!(browser.text(".error").await.contains("密码须先修改"), "held at the change");
+    browser.fill("input[name=password]", "set-by-admin-1").await;
+    browser.fill("input[name=new_password]", "li-own-password").await;
+    browser.fill("input[name=repeat]", "li-own-password-typo").await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.text(".error").await.contains("不一致"), "the two must agree");
+    browser.fill("input[name=password]", "set-by-admin-1").await;
+    browser.fill("input[name=new_password]", "li-own-password").await;
+    browser.fill("input[name=repeat]", "li-own-password").await;
+    browser.click("button[type=submit]").await;
+    sign_in(&browser, &site, "clerk.li", "set-by-admin-1").await;
+    assert!(
+        browser.text(".error").await.contains("wrong operator or password"),
+        "the old one is gone"
+    );
+    sign_in(&browser, &site, "clerk.li", "li-own-password").await;
+    assert!(!browser.text("#business-date").await.is_empty(), "signed in with the new one");
+    browser.close().await;
+}
