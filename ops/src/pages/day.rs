@@ -24,6 +24,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/day", get(day))
         .route("/console/settlements/{date}", get(settlement))
         .route("/console/settlements/{date}/file", get(file))
+        .route("/console/reconciliations/{date}", get(reconciliation))
 }
 
 async fn day(State(state): State<AppState>, operator: Operator) -> Response {
@@ -52,6 +53,7 @@ async fn day(State(state): State<AppState>, operator: Operator) -> Response {
                     th { (lang.t("营业日", "Date")) }
                     th { (lang.t("结算", "Settlement")) }
                     th.amount { (lang.t("净应付（元）", "Net payable (yuan)")) }
+                    th { (lang.t("对账", "Reconciliation")) }
                 } }
                 tbody {
                     @for (date, totals) in &dates {
@@ -64,6 +66,7 @@ async fn day(State(state): State<AppState>, operator: Operator) -> Response {
                                 td { (lang.t("未结算", "not settled")) }
                                 td {}
                             }
+                            td { a href={ "/console/reconciliations/" (date) } { (lang.t("对账报告", "report")) } }
                         }
                     }
                 }
@@ -164,4 +167,81 @@ async fn file(
         Ok(rendered) => crate::api::settlement_download(kind, rendered),
         Err(error) => refusal(lang, StatusCode::INTERNAL_SERVER_ERROR, &format!("{error:#}")),
     }
+}
+
+async fn reconciliation(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(date): Path<String>,
+) -> Response {
+    let lang = operator.lang;
+    if let Err(error) = operator.caller.require(&state, Permission::LedgerRead) {
+        return operator.error(&error);
+    }
+    let Ok(date) = crate::api::money::parse_business_date(&date) else {
+        return refusal(lang, StatusCode::NOT_FOUND, lang.t("没有这一天。", "No such date."));
+    };
+    let ledger = std::sync::Arc::clone(&state.ledger);
+    let report = match tokio::task::spawn_blocking(move || ledger.reconcile(date)).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(error)) => return refusal(lang, StatusCode::CONFLICT, &error.to_string()),
+        Err(_) => {
+            return refusal(
+                lang,
+                StatusCode::SERVICE_UNAVAILABLE,
+                lang.t("暂时无法对账。", "Not possible now."),
+            );
+        }
+    };
+    let flow = &report.card_flow;
+    page(
+        lang,
+        &format!("{} {date}", lang.t("对账报告", "Reconciliation")),
+        Some(operator.nav()),
+        html! {
+            p #verdict class=(if report.passed { "notice" } else { "error" }) {
+                @if report.passed { (lang.t("全部核对一致。", "Every check agrees.")) }
+                @else { (lang.t("有差异，需处理（调账须经审批）。", "There are discrepancies to resolve (an adjustment needs approval).")) }
+            }
+            h2 { (lang.t("卡池资金流", "Card pool flow")) }
+            dl.figures {
+                dt { (lang.t("期初", "Opening")) } dd { (yuan(flow.opening_fen)) }
+                dt { (lang.t("充值", "Top-ups")) } dd { (yuan(flow.top_ups_fen)) }
+                dt { (lang.t("补助", "Subsidies")) } dd { (yuan(flow.subsidies_fen)) }
+                dt { (lang.t("消费", "Purchases")) } dd { (yuan(flow.purchases_fen)) }
+                dt { (lang.t("退款", "Refunds")) } dd { (yuan(flow.refunds_fen)) }
+                dt { (lang.t("冲正", "Reversals")) } dd { (yuan(flow.reversals_fen)) }
+                dt { (lang.t("调账", "Adjustments")) } dd { (yuan(flow.adjustments_fen)) }
+                dt { (lang.t("销户", "Closures")) } dd { (yuan(flow.closures_fen)) }
+                dt { (lang.t("清零", "Expiries")) } dd { (yuan(flow.expiries_fen)) }
+                dt { (lang.t("期末", "Closing")) } dd { (yuan(flow.closing_fen)) }
+            }
+            h2 { (lang.t("核对项", "Checks")) }
+            table.checks {
+                thead { tr {
+                    th { (lang.t("核对", "Check")) }
+                    th { (lang.t("结果", "Result")) }
+                    th { (lang.t("差异", "Discrepancies")) }
+                } }
+                tbody {
+                    @for check in &report.checks {
+                        tr.overdue[!check.passed] {
+                            td { (check.name) }
+                            td { (if check.passed { lang.t("一致", "agrees") } else { lang.t("不一致", "differs") }) }
+                            td {
+                                @for discrepancy in &check.discrepancies {
+                                    div { (discrepancy.subject) ": " (lang.t("应为 ", "expected ")) (yuan(discrepancy.expected_fen))
+                                        (lang.t("，实为 ", ", found ")) (yuan(discrepancy.found_fen))
+                                        @if !discrepancy.note.is_empty() { " (" (discrepancy.note) ")" } }
+                                }
+                                @if check.discrepancy_count > check.discrepancies.len() as u64 {
+                                    div { "… " (check.discrepancy_count) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
 }

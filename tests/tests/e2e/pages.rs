@@ -451,6 +451,12 @@ async fn finance_opens_yesterdays_settlement_and_its_workbook_totals_equal_the_c
         let cell_fen = (cell * 100.0).round() as i64;
         assert_eq!(cell_fen, trailer_fen, "{field}: the workbook's total is the trailer's");
     }
+
+    // The day's reconciliation, from the day page: every check agrees.
+    browser.open(&format!("{site}/console/day")).await;
+    browser.click(&format!("a[href='/console/reconciliations/{today}']")).await;
+    assert!(browser.text("#verdict").await.contains("全部核对一致"), "the day reconciles");
+    assert!(browser.text("table.checks").await.contains("一致"));
     browser.close().await;
 }
 
