@@ -120,6 +120,7 @@ impl Node {
         let door = ReplicatedDoor {
             id: settings.id,
             lease,
+            metrics: raft.metrics(),
             raft: raft.clone(),
             runtime: tokio::runtime::Handle::current(),
             families: slot.get().map_or(0, |store| store.families_fingerprint()),
@@ -212,6 +213,8 @@ impl Node {
 pub struct ReplicatedDoor {
     id: NodeId,
     lease: Arc<Lease>,
+    /// openraft's view of this node, read by every lease check.
+    metrics: tokio::sync::watch::Receiver<RaftMetrics<NodeId, NodeAddress>>,
     raft: Raft,
     runtime: tokio::runtime::Handle,
     families: u64,
@@ -252,7 +255,7 @@ impl ReplicatedDoor {
     /// Whether this node leads with its lead confirmed within the lease ([`Lease`]).
     #[must_use]
     pub fn holds_lease(&self) -> bool {
-        self.lease.holds(self.id, &self.raft.metrics().borrow())
+        self.lease.holds(self.id, &self.metrics.borrow())
     }
 }
 

@@ -860,7 +860,11 @@ impl Workflows {
         self.definitions.values().collect()
     }
 
-    fn definition(&self, name: &str) -> Result<&Definition, WorkflowError> {
+    /// The definition named `name`.
+    ///
+    /// # Errors
+    /// [`WorkflowError::UnknownWorkflow`].
+    pub fn definition(&self, name: &str) -> Result<&Definition, WorkflowError> {
         self.definitions.get(name).ok_or_else(|| WorkflowError::UnknownWorkflow(name.to_owned()))
     }
 
@@ -1468,14 +1472,17 @@ impl Workflows {
     /// # Errors
     /// A failed read.
     pub fn overdue(&self, now_ms: u64) -> Result<Vec<Instance>, WorkflowError> {
-        self.list(|instance| {
-            instance.status == Status::Open
-                && self.definitions.get(&instance.workflow).is_some_and(|definition| {
-                    let hours = step_of(definition, instance).map_or(0, |s| s.deadline_hours);
-                    hours > 0
-                        && now_ms.saturating_sub(instance.step_since_ms)
-                            > u64::from(hours) * 3_600_000
-                })
-        })
+        self.list(|instance| self.is_overdue(instance, now_ms))
+    }
+
+    /// Whether `instance` is open at a step past its deadline at `now_ms`.
+    #[must_use]
+    pub fn is_overdue(&self, instance: &Instance, now_ms: u64) -> bool {
+        instance.status == Status::Open
+            && self.definitions.get(&instance.workflow).is_some_and(|definition| {
+                let hours = step_of(definition, instance).map_or(0, |s| s.deadline_hours);
+                hours > 0
+                    && now_ms.saturating_sub(instance.step_since_ms) > u64::from(hours) * 3_600_000
+            })
     }
 }

@@ -171,6 +171,18 @@ pub async fn login(
     card_number: u64,
     password: &str,
 ) -> Result<(String, bool), HallError> {
+    let checked = check(state, card_number, password).await?;
+    let token = state.hall.issue(card_number, checked.must_change)?;
+    Ok((token, checked.must_change))
+}
+
+/// Checks `card_number`'s hall `password` as a login does: a failure counts and, after
+/// too many, locks; a success clears them. Returns the credential.
+async fn check(
+    state: &AppState,
+    card_number: u64,
+    password: &str,
+) -> Result<HallCredential, HallError> {
     if password.len() > HALL_PASSWORD_BYTES_MAX {
         return Err(HallError::BadCredentials);
     }
@@ -204,8 +216,7 @@ pub async fn login(
         stored.locked_until_ms = 0;
         write(state, card_number, stored.clone()).await?;
     }
-    let token = state.hall.issue(card_number, stored.must_change)?;
-    Ok((token, stored.must_change))
+    Ok(stored)
 }
 
 /// Changes the hall password of the card behind session `token`, given the current
@@ -227,9 +238,8 @@ pub async fn change_password(
     if new == current {
         return Err(HallError::SamePassword);
     }
-    // The current password is checked as a login is, lockout included.
-    let (checked, _) = login(state, card_number, current).await?;
-    state.hall.end(&checked);
+    // The current password is checked as a login's is, lockout included.
+    check(state, card_number, current).await?;
     let updated = credential(state, new, false).await?;
     write(state, card_number, updated).await?;
     state.hall.end_card(card_number, Some(token));

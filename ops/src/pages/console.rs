@@ -26,7 +26,7 @@ use super::{
 use crate::api::{
     ApiError, AppState, Caller, Permission, authenticate, change_operator_password, state_change,
 };
-use onecard_engine::workflow::{Action, Actor, Definition, Instance, Status};
+use onecard_engine::workflow::{Action, Actor, Status};
 
 /// The cookie of an operator's console session: the API's bearer token.
 const SESSION_COOKIE: &str = "onecard_console";
@@ -507,20 +507,6 @@ impl Operator {
     }
 }
 
-fn definition_of<'a>(state: &'a AppState, instance: &Instance) -> Option<&'a Definition> {
-    state.workflows.definitions().into_iter().find(|d| d.name == instance.workflow)
-}
-
-/// Whether the current step of `instance` is past its deadline.
-fn overdue(definition: Option<&Definition>, instance: &Instance, now_ms: u64) -> bool {
-    definition.and_then(|d| d.steps.get(instance.step)).is_some_and(|step| {
-        step.deadline_hours > 0
-            && instance.status == Status::Open
-            && now_ms.saturating_sub(instance.step_since_ms)
-                > u64::from(step.deadline_hours) * 3_600_000
-    })
-}
-
 async fn inbox(State(state): State<AppState>, operator: Operator) -> Response {
     let lang = operator.lang;
     let items = match state.workflows.inbox(&operator.actor()) {
@@ -546,15 +532,15 @@ async fn inbox(State(state): State<AppState>, operator: Operator) -> Response {
                     } }
                     tbody {
                         @for instance in &items {
-                            @let definition = definition_of(&state, instance);
-                            tr.overdue[overdue(definition, instance, now)] {
+                            @let definition = state.workflows.definition(&instance.workflow).ok();
+                            tr.overdue[state.workflows.is_overdue(instance, now)] {
                                 td { a href={ "/console/applications/" (instance.id) } { (instance.id) } }
                                 td { (definition.map_or(instance.workflow.as_str(), |d| label(lang, &d.title))) }
                                 td { (instance.applicant) }
                                 td { (definition.and_then(|d| d.steps.get(instance.step)).map_or("", |s| s.name.as_str())) }
                                 td {
                                     (beijing_time(instance.step_since_ms))
-                                    @if overdue(definition, instance, now) { " " strong { (lang.t("已超时", "overdue")) } }
+                                    @if state.workflows.is_overdue(instance, now) { " " strong { (lang.t("已超时", "overdue")) } }
                                 }
                             }
                         }
@@ -586,7 +572,7 @@ async fn application(
             lang.t("没有这份申请。", "No such application."),
         );
     };
-    let definition = definition_of(&state, &instance);
+    let definition = state.workflows.definition(&instance.workflow).ok();
     let step = definition.and_then(|d| d.steps.get(instance.step));
     let my_turn = instance.status == Status::Open
         && step.is_some_and(|step| step.role == operator.caller.role.as_str())

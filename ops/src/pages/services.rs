@@ -114,7 +114,7 @@ async fn services(
 
 /// The definition `name`, if it is open to cardholders.
 fn service<'a>(state: &'a AppState, name: &str) -> Option<&'a Definition> {
-    state.workflows.definitions().into_iter().find(|d| d.name == name && open_to_cardholders(d))
+    state.workflows.definition(name).ok().filter(|d| open_to_cardholders(d))
 }
 
 /// What onecard fills `prefill` in with for the session's card.
@@ -276,10 +276,6 @@ pub(super) fn status_name(
     }
 }
 
-fn definition_of<'a>(state: &'a AppState, instance: &Instance) -> Option<&'a Definition> {
-    state.workflows.definitions().into_iter().find(|d| d.name == instance.workflow)
-}
-
 async fn applications(State(state): State<AppState>, holder: Holder) -> Response {
     if holder.session.must_change {
         return see_other("/hall/password", &[]);
@@ -312,7 +308,7 @@ async fn applications(State(state): State<AppState>, holder: Holder) -> Response
                     } }
                     tbody {
                         @for instance in &listed {
-                            @let definition = definition_of(&state, instance);
+                            @let definition = state.workflows.definition(&instance.workflow).ok();
                             tr {
                                 td { a href={ "/hall/applications/" (instance.id) } { (instance.id) } }
                                 td { (definition.map_or(instance.workflow.as_str(), |d| label(lang, &d.title))) }
@@ -393,7 +389,7 @@ async fn application(
             lang.t("没有这份申请。", "No such application."),
         );
     };
-    let definition = definition_of(&state, &instance);
+    let definition = state.workflows.definition(&instance.workflow).ok();
     let awaiting_me = instance.status == Status::Open
         && definition
             .and_then(|d| d.steps.get(instance.step))
