@@ -3,9 +3,11 @@
 //!
 //! Each frame is a 4-byte big-endian length and a postcard body, at most
 //! [`FRAME_BYTES_MAX`] bytes. A node dials each peer once and keeps the connection;
-//! calls on it are one at a time, each answered in order. The link carries no
-//! terminal traffic and no secrets beyond the ledger's own records; it belongs on
-//! the card centre's private network between the cell's machines.
+//! calls on it are one at a time, each answered in order, and a call abandoned half
+//! way (openraft times its calls out) takes the connection with it, so no answer is
+//! ever read as another call's. The link carries no terminal traffic and no secrets
+//! beyond the ledger's own records; it belongs on the card centre's private network
+//! between the cell's machines.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,22 +102,27 @@ enum LinkError {
 }
 
 impl Peer {
-    async fn connection(
+    /// This peer's connection, taken out of `self` for the length of one call: a call
+    /// dropped half way (openraft times its calls out itself, and may stop awaiting
+    /// one after it was sent) drops the connection with it, so a late answer is never
+    /// read as the answer to a later call. Only a call that got its answer puts the
+    /// connection back.
+    async fn take_connection(
         &mut self,
-    ) -> Result<&mut Framed<TcpStream, LengthDelimitedCodec>, LinkError> {
-        if self.connection.is_none() {
-            let dial = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address));
-            let stream = match dial.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    return Err(LinkError::Connect(self.address.clone(), error.to_string()));
-                }
-                Err(_) => return Err(LinkError::Connect(self.address.clone(), "timed out".into())),
-            };
-            let _ = stream.set_nodelay(true);
-            self.connection = Some(Framed::new(stream, codec()));
+    ) -> Result<Framed<TcpStream, LengthDelimitedCodec>, LinkError> {
+        if let Some(connection) = self.connection.take() {
+            return Ok(connection);
         }
-        self.connection.as_mut().ok_or_else(|| LinkError::Link("no connection".into()))
+        let dial = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address));
+        let stream = match dial.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                return Err(LinkError::Connect(self.address.clone(), error.to_string()));
+            }
+            Err(_) => return Err(LinkError::Connect(self.address.clone(), "timed out".into())),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Framed::new(stream, codec()))
     }
 
     async fn call(&mut self, call: &Call, option: &RPCOption) -> Result<Reply, LinkError> {
@@ -124,29 +131,30 @@ impl Peer {
             return Err(LinkError::TooLarge(bytes.len()));
         }
         let exchanged = tokio::time::timeout(option.hard_ttl(), async {
-            let connection = self.connection().await?;
+            let mut connection = self.take_connection().await?;
             connection
                 .send(bytes::Bytes::from(bytes))
                 .await
                 .map_err(|e| LinkError::Link(e.to_string()))?;
-            match connection.next().await {
+            let answer = match connection.next().await {
                 Some(Ok(frame)) => {
                     decode::<Reply>(&frame).map_err(|e| LinkError::Link(e.to_string()))
                 }
                 Some(Err(error)) => Err(LinkError::Link(error.to_string())),
                 None => Err(LinkError::Link("the peer closed the connection".into())),
+            };
+            // A connection whose answer did not decode may hold half a frame: only
+            // a good exchange keeps it.
+            if answer.is_ok() {
+                self.connection = Some(connection);
             }
+            answer
         })
         .await;
-        let answer = match exchanged {
+        match exchanged {
             Ok(answer) => answer,
             Err(_) => Err(LinkError::Link(format!("no answer within {:?}", option.hard_ttl()))),
-        };
-        if answer.is_err() {
-            // The stream may hold half a frame or a late answer: start afresh.
-            self.connection = None;
         }
-        answer
     }
 
     fn rpc_error<E: std::error::Error>(
@@ -284,5 +292,70 @@ async fn answer(stream: TcpStream, peer: SocketAddr, raft: Raft) {
         if framed.send(bytes::Bytes::from(bytes)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use openraft::Vote;
+
+    use super::*;
+
+    fn heartbeat(term: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(term, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    /// A peer that accepts the first append it is sent, but answers it only after
+    /// `late`, and refuses every later one at once: it has voted for a new leader.
+    async fn slow_then_deposing(listener: TcpListener, late: Duration) {
+        let calls = AtomicUsize::new(0);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let mut framed = Framed::new(stream, codec());
+            while let Some(Ok(frame)) = framed.next().await {
+                let Ok(Call::Append(request)) = decode::<Call>(&frame) else { return };
+                let answer = if calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tokio::time::sleep(late).await;
+                    AppendEntriesResponse::Success
+                } else {
+                    AppendEntriesResponse::HigherVote(Vote::new(request.vote.leader_id.term + 1, 2))
+                };
+                let bytes = encode(&Reply::Append(Ok(answer))).expect("a reply encodes");
+                if framed.send(bytes::Bytes::from(bytes)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_after_its_send_leaves_no_late_answer_for_the_next_call() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address").to_string();
+        let late = Duration::from_millis(300);
+        tokio::spawn(slow_then_deposing(listener, late));
+        let lease = Arc::new(Lease::default());
+        let mut peer = Peer { target: 2, address, connection: None, lease };
+        let option = RPCOption::new(Duration::from_secs(5));
+        // openraft times its calls out itself: here it gives up on the first after its
+        // send, before the peer answers.
+        let first = peer.append_entries(heartbeat(5), option.clone());
+        assert!(tokio::time::timeout(Duration::from_millis(100), first).await.is_err());
+        tokio::time::sleep(late * 2).await;
+        // The first call's late answer (an acceptance) must not be read as the answer
+        // to this one: the peer refuses this one.
+        let second = peer.append_entries(heartbeat(5), option).await.expect("an answer");
+        assert!(
+            matches!(second, AppendEntriesResponse::HigherVote(_)),
+            "a late answer to a dropped call was taken for the next call's: {second:?}"
+        );
     }
 }
