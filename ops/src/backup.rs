@@ -295,6 +295,16 @@ pub struct Backups {
     config: BackupConfig,
     metrics: BackupMetrics,
     running: Mutex<()>,
+    last: Mutex<Option<Attempt>>,
+}
+
+/// The last backup this process tried, as the console shows it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// When it ended, ms since the epoch.
+    pub at_ms: u64,
+    /// The backup it took, or why it failed.
+    pub outcome: Result<u32, String>,
 }
 
 impl Backups {
@@ -311,13 +321,19 @@ impl Backups {
             }
             Err(error) => tracing::warn!(error = format!("{error:#}"), "reading the backups"),
         }
-        Self { ledger, config, metrics, running: Mutex::new(()) }
+        Self { ledger, config, metrics, running: Mutex::new(()), last: Mutex::new(None) }
     }
 
     /// Where backups go.
     #[must_use]
     pub const fn config(&self) -> &BackupConfig {
         &self.config
+    }
+
+    /// The last backup this process tried (daily or asked for), if any.
+    #[must_use]
+    pub fn last_attempt(&self) -> Option<Attempt> {
+        self.last.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Takes a backup now (waiting for one already running), counted in the metrics.
@@ -341,6 +357,11 @@ impl Backups {
                 tracing::error!(error = format!("{error:#}"), "backup failed");
             }
         }
+        let attempt = Attempt {
+            at_ms: onecard_engine::date::now_ms(),
+            outcome: outcome.as_ref().map(|info| info.id).map_err(|error| format!("{error:#}")),
+        };
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(attempt);
         outcome
     }
 

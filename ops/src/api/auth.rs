@@ -535,16 +535,30 @@ pub async fn create_operator(
     caller: Caller,
     Body(create): Body<CreateOperator>,
 ) -> ApiResult<OperatorView> {
-    caller.require(&state, Permission::OperatorsWrite)?;
-    let target = format!("operator:{}", create.name);
-    let detail = format!("role {}", create.role.as_str());
-    let checked = check_name(&create.name).and_then(|()| check_password(&create.password));
-    caller.audited(&state, "operator.create", &target, &detail, || checked)?;
-    let hash = state.operators.hash(create.password).await?;
-    let record = OperatorRecord::new(create.name, create.role, hash, true, caller.operator.clone());
-    caller
-        .audited(&state, "operator.create", &target, &detail, || state.operators.create(&record))?;
+    let record =
+        create_operator_as(&state, &caller, create.name, create.role, create.password).await?;
     Ok(Json(OperatorView::from(&record)))
+}
+
+/// Creates an operator for `caller` (the API's and the console's) with a first
+/// password they must change at first login, audited.
+pub(crate) async fn create_operator_as(
+    state: &AppState,
+    caller: &Caller,
+    name: String,
+    role: Role,
+    password: String,
+) -> Result<OperatorRecord, ApiError> {
+    caller.require(state, Permission::OperatorsWrite)?;
+    let target = format!("operator:{name}");
+    let detail = format!("role {}", role.as_str());
+    let checked = check_name(&name).and_then(|()| check_password(&password));
+    caller.audited(state, "operator.create", &target, &detail, || checked)?;
+    let hash = state.operators.hash(password).await?;
+    let record = OperatorRecord::new(name, role, hash, true, caller.operator.clone());
+    caller
+        .audited(state, "operator.create", &target, &detail, || state.operators.create(&record))?;
+    Ok(record)
 }
 
 /// `POST /api/operators/{name}/{action}`: `unlock`, `disable` or `enable`.
@@ -553,15 +567,27 @@ pub async fn operator_action(
     caller: Caller,
     Params((name, action)): Params<(String, String)>,
 ) -> ApiResult<OperatorView> {
-    caller.require(&state, Permission::OperatorsWrite)?;
+    let record = operator_action_as(&state, &caller, &name, &action)?;
+    Ok(Json(OperatorView::from(&record)))
+}
+
+/// `unlock`, `disable` or `enable` operator `name` for `caller` (the API's and the
+/// console's), audited; disabling ends their sessions.
+pub(crate) fn operator_action_as(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    action: &str,
+) -> Result<OperatorRecord, ApiError> {
+    caller.require(state, Permission::OperatorsWrite)?;
     let target = format!("operator:{name}");
-    let record = match action.as_str() {
-        "unlock" => caller.audited(&state, "operator.unlock", &target, "", || {
-            state.operators.update(&name, |r| {
+    match action {
+        "unlock" => caller.audited(state, "operator.unlock", &target, "", || {
+            state.operators.update(name, |r| {
                 r.locked_until_ms = 0;
                 r.failed_logins = 0;
             })
-        })?,
+        }),
         "disable" | "enable" => {
             let disabled = action == "disable";
             if disabled && name == caller.operator {
@@ -572,17 +598,14 @@ pub async fn operator_action(
                 ));
             }
             let record =
-                caller.audited(&state, &format!("operator.{action}"), &target, "", || {
-                    state.operators.update(&name, |r| r.disabled = disabled)
+                caller.audited(state, &format!("operator.{action}"), &target, "", || {
+                    state.operators.update(name, |r| r.disabled = disabled)
                 })?;
-            state.sessions.revoke_operator(&name);
-            record
+            state.sessions.revoke_operator(name);
+            Ok(record)
         }
-        _ => {
-            return Err(ApiError::unknown_action("operator", &action));
-        }
-    };
-    Ok(Json(OperatorView::from(&record)))
+        _ => Err(ApiError::unknown_action("operator", action)),
+    }
 }
 
 /// `POST /api/operators/{name}/password`: an admin sets a new password, which the
@@ -593,14 +616,24 @@ pub async fn reset_password(
     Params(name): Params<String>,
     Body(reset): Body<ResetPassword>,
 ) -> ApiResult<OperatorView> {
-    caller.require(&state, Permission::OperatorsWrite)?;
+    let record = reset_password_as(&state, &caller, &name, reset.password).await?;
+    Ok(Json(OperatorView::from(&record)))
+}
+
+/// Sets operator `name`'s password for `caller` (the API's and the console's): they
+/// must change it at their next login, and their sessions end. Audited.
+pub(crate) async fn reset_password_as(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    password: String,
+) -> Result<OperatorRecord, ApiError> {
+    caller.require(state, Permission::OperatorsWrite)?;
     let target = format!("operator:{name}");
-    caller.audited(&state, "operator.reset_password", &target, "", || {
-        check_password(&reset.password)
-    })?;
-    let hash = state.operators.hash(reset.password).await?;
-    let record = caller.audited(&state, "operator.reset_password", &target, "", || {
-        state.operators.update(&name, |r| {
+    caller.audited(state, "operator.reset_password", &target, "", || check_password(&password))?;
+    let hash = state.operators.hash(password).await?;
+    let record = caller.audited(state, "operator.reset_password", &target, "", || {
+        state.operators.update(name, |r| {
             r.password_hash = hash;
             r.password_changed_at_ms = now_ms();
             r.must_change_password = true;
@@ -608,8 +641,8 @@ pub async fn reset_password(
             r.locked_until_ms = 0;
         })
     })?;
-    state.sessions.revoke_operator(&name);
-    Ok(Json(OperatorView::from(&record)))
+    state.sessions.revoke_operator(name);
+    Ok(record)
 }
 
 /// The body of `reset-password`.

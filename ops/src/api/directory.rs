@@ -125,14 +125,56 @@ pub async fn create_merchant(
     caller: Caller,
     Body(body): Body<CreateMerchant>,
 ) -> ApiResult<MerchantJson> {
-    caller.require(&state, Permission::DirectoryWrite)?;
-    let detail = format!("{} ({:?}) rate {}", body.name, body.category, body.commission_rate);
-    let record = caller.audited(&state, "merchant.create", "merchant:new", &detail, || {
-        rate(&body.commission_rate).and_then(|rate| {
-            state.ledger.create_merchant(&body.name, body.category, rate).map_err(ApiError::from)
-        })
-    })?;
+    let record =
+        create_merchant_as(&state, &caller, &body.name, body.category, &body.commission_rate)?;
     Ok(Json(MerchantJson::new(&record, Some(0), state.ledger.business_date())))
+}
+
+/// Creates a merchant for `caller` (the API's and the console's), audited.
+pub(crate) fn create_merchant_as(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    category: MerchantCategory,
+    commission_rate: &str,
+) -> Result<MerchantRecord, ApiError> {
+    caller.require(state, Permission::DirectoryWrite)?;
+    let detail = format!("{name} ({category:?}) rate {commission_rate}");
+    caller.audited(state, "merchant.create", "merchant:new", &detail, || {
+        rate(commission_rate).and_then(|rate| {
+            state.ledger.create_merchant(name, category, rate).map_err(ApiError::from)
+        })
+    })
+}
+
+/// Sets a merchant's commission rate from the next business day (the API's and the
+/// console's), audited.
+pub(crate) fn set_commission_as(
+    state: &AppState,
+    caller: &Caller,
+    id: u32,
+    commission_rate: &str,
+) -> Result<MerchantRecord, ApiError> {
+    caller.require(state, Permission::CommissionWrite)?;
+    let detail = format!("rate {commission_rate}");
+    caller.audited(state, "merchant.set_commission", &format!("merchant:{id}"), &detail, || {
+        rate(commission_rate)
+            .and_then(|rate| state.ledger.set_commission_rate(id, rate).map_err(ApiError::from))
+    })
+}
+
+/// Enables or disables a merchant (the API's and the console's), audited.
+pub(crate) fn set_merchant_enabled_as(
+    state: &AppState,
+    caller: &Caller,
+    id: u32,
+    enabled: bool,
+) -> Result<MerchantRecord, ApiError> {
+    caller.require(state, Permission::DirectoryWrite)?;
+    let action = if enabled { "merchant.enable" } else { "merchant.disable" };
+    caller.audited(state, action, &format!("merchant:{id}"), "", || {
+        state.ledger.set_merchant_enabled(id, enabled)
+    })
 }
 
 /// `POST /api/merchants/{id}/commission`.
@@ -150,25 +192,13 @@ pub async fn merchant_action(
     Params((id, action)): Params<(u32, String)>,
     RawBody(body): RawBody,
 ) -> ApiResult<MerchantJson> {
-    let target = format!("merchant:{id}");
     let record = match action.as_str() {
         "commission" => {
             caller.require(&state, Permission::CommissionWrite)?;
             let body: CommissionBody = super::parse_json(&body)?;
-            let detail = format!("rate {}", body.commission_rate);
-            caller.audited(&state, "merchant.set_commission", &target, &detail, || {
-                rate(&body.commission_rate).and_then(|rate| {
-                    state.ledger.set_commission_rate(id, rate).map_err(ApiError::from)
-                })
-            })?
+            set_commission_as(&state, &caller, id, &body.commission_rate)?
         }
-        "enable" | "disable" => {
-            caller.require(&state, Permission::DirectoryWrite)?;
-            let enabled = action == "enable";
-            caller.audited(&state, &format!("merchant.{action}"), &target, "", || {
-                state.ledger.set_merchant_enabled(id, enabled)
-            })?
-        }
+        "enable" | "disable" => set_merchant_enabled_as(&state, &caller, id, action == "enable")?,
         _ => {
             return Err(ApiError::unknown_action("merchant", &action));
         }

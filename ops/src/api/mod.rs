@@ -56,11 +56,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use auth::Sessions;
-pub(crate) use auth::{Caller, Permission, authenticate, change_operator_password};
+pub(crate) use auth::{
+    Caller, Permission, authenticate, change_operator_password, create_operator_as,
+    operator_action_as, reset_password_as,
+};
 pub(crate) use cards::state_change;
 pub(crate) use directory::terminal_json;
+pub(crate) use directory::{create_merchant_as, set_commission_as, set_merchant_enabled_as};
 pub use health::metrics_token_given;
-pub(crate) use settlement::download as settlement_download;
+pub(crate) use settlement::{cutover_as, date_of, download as settlement_download, settle_as};
 
 use crate::config::Config;
 use crate::operators::{OperatorError, Operators};

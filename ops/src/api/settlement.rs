@@ -51,16 +51,25 @@ pub async fn cutover(
     caller: Caller,
     Body(request): Body<CutoverRequest>,
 ) -> ApiResult<CutoverJson> {
-    caller.require(&state, Permission::DayWrite)?;
-    let date = date_from(request.date)?;
-    let ledger = std::sync::Arc::clone(&state.ledger);
-    let turned = super::blocking(move || ledger.cutover(date)).await?;
-    let cutover = caller.audited(&state, "day.cutover", &date.to_string(), "", || turned)?;
+    let cutover = cutover_as(&state, &caller, date_from(request.date)?).await?;
     Ok(Json(CutoverJson {
         closed_through: cutover.closed_through.to_string(),
         open: cutover.open.to_string(),
         changed: cutover.changed,
     }))
+}
+
+/// Closes `date` for `caller` (the API's and the console's), on the blocking pool,
+/// audited.
+pub(crate) async fn cutover_as(
+    state: &AppState,
+    caller: &Caller,
+    date: BusinessDate,
+) -> Result<onecard_engine::ledger::Cutover, ApiError> {
+    caller.require(state, Permission::DayWrite)?;
+    let ledger = std::sync::Arc::clone(&state.ledger);
+    let turned = super::blocking(move || ledger.cutover(date)).await?;
+    caller.audited(state, "day.cutover", &date.to_string(), "", || turned)
 }
 
 /// A count and an amount.
@@ -214,8 +223,18 @@ pub async fn settle(
     Params(date): Params<String>,
     RawBody(_): RawBody,
 ) -> ApiResult<SettlementJson> {
-    caller.require(&state, Permission::DayWrite)?;
-    let date = date_of(&date)?;
+    let settled = settle_as(&state, &caller, date_of(&date)?).await?;
+    Ok(Json(settlement_json(&settled.settlement, Some(settled.posted))))
+}
+
+/// Settles `date` for `caller` and writes its files (the API's and the console's), on
+/// the blocking pool, audited.
+pub(crate) async fn settle_as(
+    state: &AppState,
+    caller: &Caller,
+    date: BusinessDate,
+) -> Result<Settled, ApiError> {
+    caller.require(state, Permission::DayWrite)?;
     let ledger = std::sync::Arc::clone(&state.ledger);
     let dir = state.config.settlement_dir.clone();
     let settled: Result<Settled, ApiError> = super::blocking(move || {
@@ -230,8 +249,7 @@ pub async fn settle(
         Ok(settled)
     })
     .await?;
-    let settled = caller.audited(&state, "settlement.settle", &date.to_string(), "", || settled)?;
-    Ok(Json(settlement_json(&settled.settlement, Some(settled.posted))))
+    caller.audited(state, "settlement.settle", &date.to_string(), "", || settled)
 }
 
 fn stored(state: &AppState, date: BusinessDate) -> Result<Settlement, ApiError> {

@@ -1,5 +1,5 @@
 //! The console's audit log, searchable by who acted, what was acted on and the day
-//! (Beijing time), newest first; and the operators' list, for an admin.
+//! (Beijing time), newest first.
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -20,7 +20,7 @@ const MATCHES_SHOWN: usize = 50;
 const RECORDS_SCANNED_MAX: usize = 20_000;
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/console/audit", get(audit)).route("/console/operators", get(operators))
+    Router::new().route("/console/audit", get(audit))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,46 +114,6 @@ async fn audit(
             @if let Some(before) = older {
                 p { a #older href={ "/console/audit?actor=" (query.actor) "&target=" (query.target) "&date=" (query.date) "&before=" (before) } { (lang.t("更早的记录", "Older records")) } }
             }
-        },
-    )
-}
-
-async fn operators(State(state): State<AppState>, operator: Operator) -> Response {
-    let lang = operator.lang;
-    if let Err(error) = operator.caller.require(&state, Permission::OperatorsWrite) {
-        return operator.error(&error);
-    }
-    let listed = state.operators.list().unwrap_or_default();
-    let now = onecard_engine::date::now_ms();
-    page(
-        lang,
-        lang.t("操作员", "Operators"),
-        Some(operator.nav()),
-        html! {
-            table.operators {
-                thead { tr {
-                    th { (lang.t("名称", "Name")) }
-                    th { (lang.t("角色", "Role")) }
-                    th { (lang.t("状态", "State")) }
-                    th { (lang.t("密码修改于", "Password set")) }
-                } }
-                tbody {
-                    @for record in &listed {
-                        tr {
-                            td { (record.name) }
-                            td { (record.role.as_str()) }
-                            td {
-                                @if record.disabled { (lang.t("已停用", "disabled")) }
-                                @else if record.locked_until_ms > now { (lang.t("已锁定", "locked")) }
-                                @else if record.must_change_password { (lang.t("须改密码", "must change password")) }
-                                @else { (lang.t("正常", "active")) }
-                            }
-                            td { (beijing_time(record.password_changed_at_ms)) }
-                        }
-                    }
-                }
-            }
-            p.hint { (lang.t("创建、停用和重置密码暂用 API（/api/operators）。", "Creating, disabling and resetting operators is done through the API (/api/operators) for now.")) }
         },
     )
 }

@@ -21,7 +21,8 @@ use super::hall::{state_name, statement_table};
 use super::services::{NOTICES_SHOWN, form_fields, history, label, notice_list, status_name};
 use super::{
     ForgeryOnly, Lang, SignInFirst, beijing_time, cookie, date, forged, forgery_checks,
-    forgery_token, login_forgery_checks, page, refusal, see_other, set_cookie, sign_in_page, yuan,
+    forgery_token, login_forgery_checks, not_now, page, refusal, see_other, set_cookie,
+    sign_in_page, yuan,
 };
 use crate::api::{
     ApiError, AppState, Caller, Permission, authenticate, change_operator_password, state_change,
@@ -78,6 +79,7 @@ impl Operator {
         html! {
             a href="/console/" { (lang.t("首页", "Home")) }
             a href="/console/cards" { (lang.t("卡务", "Cards")) }
+            a href="/console/merchants" { (lang.t("商户", "Merchants")) }
             a href="/console/terminals" { (lang.t("终端", "Terminals")) }
             a href="/console/day" { (lang.t("营业日", "Business day")) }
             @if Permission::AuditRead.allows(self.caller.role) {
@@ -85,6 +87,9 @@ impl Operator {
             }
             @if Permission::OperatorsWrite.allows(self.caller.role) {
                 a href="/console/operators" { (lang.t("操作员", "Operators")) }
+            }
+            @if Permission::Backups.allows(self.caller.role) {
+                a href="/console/backups" { (lang.t("备份", "Backups")) }
             }
             a href="/console/inbox" { (lang.t("待办", "Inbox")) }
             a href="/console/notices" { (lang.t("消息", "Notices")) }
@@ -479,11 +484,7 @@ async fn card_action(
     let outcome = match changed {
         Ok(outcome) => outcome,
         Err(_) => {
-            return refusal(
-                lang,
-                StatusCode::SERVICE_UNAVAILABLE,
-                lang.t("暂时无法办理。", "Not possible now."),
-            );
+            return not_now(lang);
         }
     };
     let done =
@@ -641,11 +642,7 @@ async fn act(
     let outcome = match acted {
         Ok(outcome) => outcome.map_err(ApiError::from),
         Err(_) => {
-            return refusal(
-                lang,
-                StatusCode::SERVICE_UNAVAILABLE,
-                lang.t("暂时无法办理。", "Not possible now."),
-            );
+            return not_now(lang);
         }
     };
     let target = format!("application:{id}");

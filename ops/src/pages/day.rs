@@ -3,17 +3,18 @@
 //! finance pulls (the merchants, terminals and meals CSVs and the workbook), the
 //! same bytes as the settlement folder's and the API's.
 
+use axum::Form;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use maud::html;
 use serde::Deserialize;
 
 use super::console::Operator;
-use super::{page, refusal, yuan};
-use crate::api::{AppState, Permission};
+use super::{ForgeryOnly, forged, forgery_token, page, refusal, see_other, yuan};
+use crate::api::{AppState, Permission, cutover_as, settle_as};
 use crate::settlement_files::{self, FileKind};
 
 /// Closed dates listed on the day page, the latest first.
@@ -22,7 +23,8 @@ const DATES_LISTED: usize = 14;
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/console/day", get(day))
-        .route("/console/settlements/{date}", get(settlement))
+        .route("/console/day/cutover", post(cutover))
+        .route("/console/settlements/{date}", get(settlement).post(settle))
         .route("/console/settlements/{date}/file", get(file))
         .route("/console/reconciliations/{date}", get(reconciliation))
 }
@@ -33,6 +35,8 @@ async fn day(State(state): State<AppState>, operator: Operator) -> Response {
         return operator.error(&error);
     }
     let ledger = &state.ledger;
+    let may_close = Permission::DayWrite.allows(operator.caller.role);
+    let forgery = forgery_token(&operator.token);
     let mut dates = Vec::new();
     let mut date = ledger.closed_through();
     while dates.len() < DATES_LISTED && date < ledger.business_date() {
@@ -46,7 +50,17 @@ async fn day(State(state): State<AppState>, operator: Operator) -> Response {
         html! {
             dl.figures {
                 dt { (lang.t("当前营业日", "Open business date")) } dd #open-date { (ledger.business_date()) }
-                dt { (lang.t("已日切至", "Closed through")) } dd { (ledger.closed_through()) }
+                dt { (lang.t("已日切至", "Closed through")) } dd #closed-through { (ledger.closed_through()) }
+            }
+            @if may_close {
+                form.inline method="post" action="/console/day/cutover" {
+                    input type="hidden" name="forgery" value=(forgery);
+                    button #cutover.danger type="submit" { (lang.t("日切：关闭当前营业日", "Cutover: close the open business date")) }
+                }
+                p.hint { (lang.t(
+                    "日切在配置的时刻自动进行；这里提前关闭当前营业日，关闭后的交易记入下一营业日。",
+                    "The cutover runs by itself at the configured time; this closes the open date now, and later transactions belong to the next date."
+                )) }
             }
             table.dates {
                 thead { tr {
@@ -63,7 +77,16 @@ async fn day(State(state): State<AppState>, operator: Operator) -> Response {
                                 td { a href={ "/console/settlements/" (date) } { (lang.t("已结算", "settled")) } }
                                 td.amount { (yuan(totals.net_payable_fen)) }
                             } @else {
-                                td { (lang.t("未结算", "not settled")) }
+                                td {
+                                    (lang.t("未结算", "not settled"))
+                                    @if may_close {
+                                        " "
+                                        form.inline method="post" action={ "/console/settlements/" (date) } {
+                                            input type="hidden" name="forgery" value=(forgery);
+                                            button id={ "settle-" (date) } type="submit" { (lang.t("结算", "Settle")) }
+                                        }
+                                    }
+                                }
                                 td {}
                             }
                             td { a href={ "/console/reconciliations/" (date) } { (lang.t("对账报告", "report")) } }
@@ -73,6 +96,40 @@ async fn day(State(state): State<AppState>, operator: Operator) -> Response {
             }
         },
     )
+}
+
+async fn cutover(
+    State(state): State<AppState>,
+    operator: Operator,
+    Form(form): Form<ForgeryOnly>,
+) -> Response {
+    if !operator.forgery_ok(&form.forgery) {
+        return forged(operator.lang);
+    }
+    let open = state.ledger.business_date();
+    match cutover_as(&state, &operator.caller, open).await {
+        Ok(_) => see_other("/console/day", &[]),
+        Err(error) => operator.error(&error),
+    }
+}
+
+async fn settle(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(date): Path<String>,
+    Form(form): Form<ForgeryOnly>,
+) -> Response {
+    if !operator.forgery_ok(&form.forgery) {
+        return forged(operator.lang);
+    }
+    let date = match crate::api::date_of(&date) {
+        Ok(date) => date,
+        Err(error) => return operator.error(&error),
+    };
+    match settle_as(&state, &operator.caller, date).await {
+        Ok(_) => see_other(&format!("/console/settlements/{date}"), &[]),
+        Err(error) => operator.error(&error),
+    }
 }
 
 async fn settlement(

@@ -18,7 +18,8 @@
 //!   without it, or with another's, is refused 403.
 //! - Every page is sent with a Content-Security-Policy that allows nothing but this
 //!   origin's stylesheet and forms, `X-Frame-Options: DENY`, `no-store`, and no page
-//!   ever shows a terminal key, a password hash or a token.
+//!   ever shows a password hash or a token; a new terminal key or a first password
+//!   is shown once, on the page that made it.
 //!
 //! # Layout
 //! - `mod.rs` — the router, the page frame, languages, cookies, forgery tokens.
@@ -26,16 +27,24 @@
 //! - `services.rs` — the hall's services: apply, my applications, confirm and rate.
 //! - `console.rs` — the console: sign-in, cards (search, detail, state changes), the
 //!   inbox and applications, notices.
-//! - `day.rs` — the console's business day: settlements, their figures and files.
-//! - `audit.rs` — the console's audit search and operators' list.
+//! - `day.rs` — the console's business day: the cutover, settling a date, the
+//!   settlements with their figures and files, reconciliation reports.
+//! - `merchants.rs` — the console's merchants: create, enable, disable, commission.
 //! - `terminals.rs` — the console's terminals: the attention list, enable, disable,
 //!   a new key shown once.
+//! - `audit.rs` — the console's audit search.
+//! - `operators.rs` — the console's operators (admin): create, enable, disable,
+//!   unlock, a password reset; a first password shown once.
+//! - `backups.rs` — the console's backups: the list, the last outcome, one taken now.
 //! - `style.css` — the one stylesheet.
 
 mod audit;
+mod backups;
 mod console;
 mod day;
 mod hall;
+mod merchants;
+mod operators;
 mod services;
 mod terminals;
 
@@ -71,6 +80,9 @@ pub fn routes() -> Router<AppState> {
         .merge(services::routes())
         .merge(console::routes())
         .merge(day::routes())
+        .merge(merchants::routes())
+        .merge(backups::routes())
+        .merge(operators::routes())
         .merge(terminals::routes())
         .merge(audit::routes())
         .layer(axum::middleware::from_fn(page_headers))
@@ -187,6 +199,12 @@ fn refusal(lang: Lang, status: StatusCode, message: &str) -> Response {
     );
     *response.status_mut() = status;
     response
+}
+
+/// The page for work that could not run now (the blocking pool refused it, or it
+/// panicked): nothing was done, and the operator may try again.
+fn not_now(lang: Lang) -> Response {
+    refusal(lang, StatusCode::SERVICE_UNAVAILABLE, lang.t("暂时无法办理。", "Not possible now."))
 }
 
 /// The value of cookie `name` in the request's headers.

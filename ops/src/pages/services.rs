@@ -22,7 +22,7 @@ use onecard_engine::workflow::{
 use serde::Deserialize;
 
 use super::hall::Holder;
-use super::{Lang, beijing_time, forgery_token, page, refusal, see_other};
+use super::{Lang, beijing_time, forgery_token, not_now, page, refusal, see_other};
 use crate::api::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -477,11 +477,7 @@ async fn confirm(
             holder.audit(&state, from, "hall.confirm", Outcome::Refused, &error.to_string());
             refusal(lang, StatusCode::CONFLICT, &error.to_string())
         }
-        Err(_) => refusal(
-            lang,
-            StatusCode::SERVICE_UNAVAILABLE,
-            lang.t("暂时无法办理。", "Not possible now."),
-        ),
+        Err(_) => not_now(lang),
     }
 }
 

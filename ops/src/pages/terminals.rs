@@ -14,7 +14,7 @@ use onecard_protocol::TerminalKey;
 use serde::Deserialize;
 
 use super::console::Operator;
-use super::{ForgeryOnly, beijing_time, forged, forgery_token, page, refusal, see_other};
+use super::{ForgeryOnly, beijing_time, forged, forgery_token, not_now, page, refusal, see_other};
 use crate::api::{AppState, Permission, terminal_json};
 
 /// Terminals one page lists at most.
@@ -129,11 +129,7 @@ async fn terminal_action(
             let changed =
                 tokio::task::spawn_blocking(move || ledger.set_terminal_enabled(id, enabled)).await;
             let Ok(outcome) = changed else {
-                return refusal(
-                    lang,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    lang.t("暂时无法办理。", "Not possible now."),
-                );
+                return not_now(lang);
             };
             match operator.caller.audited(
                 &state,
@@ -160,11 +156,7 @@ async fn terminal_action(
             let rotated =
                 tokio::task::spawn_blocking(move || ledger.rotate_terminal_key(id, &key)).await;
             let Ok(outcome) = rotated else {
-                return refusal(
-                    lang,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    lang.t("暂时无法办理。", "Not possible now."),
-                );
+                return not_now(lang);
             };
             if let Err(error) =
                 operator

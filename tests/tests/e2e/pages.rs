@@ -222,7 +222,11 @@ async fn a_cardholder_session_reaches_no_operator_page_and_no_form_without_its_t
         "/console/notices".to_owned(),
         "/console/applications/1".to_owned(),
         "/console/terminals".to_owned(),
+        "/console/merchants".to_owned(),
         "/console/day".to_owned(),
+        "/console/audit".to_owned(),
+        "/console/operators".to_owned(),
+        "/console/backups".to_owned(),
     ];
     for path in &console_pages {
         browser.open(&format!("{site}{path}")).await;
@@ -393,11 +397,12 @@ async fn finance_opens_yesterdays_settlement_and_its_workbook_totals_equal_the_c
     browser.click("a[href='/console/day']").await;
     let today = browser.text("#open-date").await;
 
-    // The day turns (finance may turn it); serve settles the closed date by itself.
+    // Finance turns the day from the page; serve settles the closed date by itself.
+    browser.click("#cutover").await;
+    assert_ne!(browser.text("#open-date").await, today, "the day turned");
+    assert_eq!(browser.text("#closed-through").await, today);
     let mut api = server.api();
     api.login(&finance, &password).expect("finance logs in");
-    let (status, body) = api.post("/api/cutover", &serde_json::json!({ "date": today }));
-    assert_eq!(status, 200, "{body}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while api.get(&format!("/api/settlements/{today}")).0 != 200 {
         assert!(std::time::Instant::now() < deadline, "{today} was never settled");
@@ -547,5 +552,240 @@ async fn an_operator_with_a_password_set_by_an_admin_changes_it_at_the_console_b
     );
     sign_in(&browser, &site, "clerk.li", "li-own-password").await;
     assert!(!browser.text("#business-date").await.is_empty(), "signed in with the new one");
+    browser.close().await;
+}
+
+/// The console as one operator sees it over plain HTTP, redirects not followed: the
+/// session cookie holds the API token, as the console's sign-in sets it.
+struct ConsoleAs {
+    agent: ureq::Agent,
+    site: String,
+    cookie: String,
+    forgery: String,
+}
+
+impl ConsoleAs {
+    fn new(server: &Server, name: &str, password: &str) -> Self {
+        let mut api = server.api();
+        api.login(name, password).expect("the operator logs in");
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(std::time::Duration::from_secs(60)))
+            .build();
+        let mut console = Self {
+            agent: ureq::Agent::new_with_config(config),
+            site: format!("http://{}", server.admin_addr()),
+            cookie: format!("onecard_console={}", api.token().expect("a token")),
+            forgery: String::new(),
+        };
+        // The session's anti-forgery token rides in every page's sign-out form.
+        let (_, home) = console.get("/console/");
+        console.forgery = between(&home, "name=\"forgery\" value=\"", "\"").to_owned();
+        assert!(!console.forgery.is_empty(), "the home page carries the forgery token");
+        console
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut answer = self
+            .agent
+            .get(&format!("{}{path}", self.site))
+            .header("Cookie", &self.cookie)
+            .call()
+            .expect("an answer");
+        (answer.status().as_u16(), answer.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// Posts a form with this session's anti-forgery token: the status and where a
+    /// 303 sends the browser.
+    fn post(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let forgery = ("forgery", self.forgery.as_str());
+        let body: Vec<String> = std::iter::once(&forgery)
+            .chain(fields)
+            .map(|(key, value)| format!("{key}={}", value.replace(' ', "+")))
+            .collect();
+        let answer = self
+            .agent
+            .post(&format!("{}{path}", self.site))
+            .header("Cookie", &self.cookie)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(body.join("&"))
+            .expect("an answer");
+        let location = answer
+            .headers()
+            .get("location")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (answer.status().as_u16(), location)
+    }
+}
+
+/// A console form: where it posts, its fields, and the roles that may post it.
+type Guarded<'a> = (String, Vec<(&'a str, &'a str)>, &'a [&'a str]);
+
+/// The text of `html` between the first `start` and the next `end`.
+fn between<'a>(html: &'a str, start: &str, end: &str) -> &'a str {
+    html.split_once(start).and_then(|(_, rest)| rest.split_once(end)).map_or("", |(text, _)| text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_console_page_and_form_is_open_to_the_roles_that_may_use_it_and_to_no_other() {
+    let (dir, server) = demo_server("pages-roles");
+    let demo = dir.path().join("demo");
+    let roles = ["admin", "clerk", "finance", "auditor", "department_head"];
+    let consoles: Vec<(&str, ConsoleAs)> = roles
+        .iter()
+        .map(|role| {
+            let (name, password) = operator(&demo, role);
+            (*role, ConsoleAs::new(&server, &name, &password))
+        })
+        .collect();
+    let card = holder(&demo, 3).card;
+    let (_, day) = consoles[0].1.get("/console/day");
+    let open = between(&day, "id=\"open-date\">", "<").to_owned();
+    assert_eq!(open.len(), 10, "the open date, YYYY-MM-DD: {open:?}");
+    let every = &roles[..];
+    let ledger = &["admin", "finance", "auditor"][..];
+    let pages: [(String, &[&str]); 12] = [
+        ("/console/".to_owned(), every),
+        (format!("/console/cards?q={card}"), every),
+        (format!("/console/cards/{card}"), every),
+        ("/console/merchants".to_owned(), every),
+        ("/console/terminals".to_owned(), every),
+        ("/console/terminals?attention=1".to_owned(), every),
+        ("/console/inbox".to_owned(), every),
+        ("/console/notices".to_owned(), every),
+        ("/console/day".to_owned(), ledger),
+        ("/console/audit".to_owned(), &["admin", "auditor"]),
+        ("/console/operators".to_owned(), &["admin"]),
+        ("/console/backups".to_owned(), &["admin"]),
+    ];
+    for (path, allowed) in &pages {
+        for (role, console) in &consoles {
+            let (status, body) = console.get(path);
+            let expected = if allowed.contains(role) { 200 } else { 403 };
+            assert_eq!(status, expected, "{role} at {path}: {body:.300}");
+        }
+    }
+
+    // Every form refused to the roles that may not use it, and nothing changes.
+    let merchant = between(&consoles[0].1.get("/console/merchants").1, "<td>", "<").to_owned();
+    let terminal = between(&consoles[0].1.get("/console/terminals").1, "<td>", "<").to_owned();
+    let forms: [Guarded<'_>; 10] = [
+        (
+            "/console/merchants".to_owned(),
+            vec![("name", "Noodle Bar"), ("category", "canteen"), ("commission_rate", "0.01")],
+            &["admin"],
+        ),
+        (format!("/console/merchants/{merchant}/disable"), vec![], &["admin"]),
+        (
+            format!("/console/merchants/{merchant}/commission"),
+            vec![("commission_rate", "0.02")],
+            &["admin", "finance"],
+        ),
+        (format!("/console/terminals/{terminal}/disable"), vec![], &["admin"]),
+        (format!("/console/cards/{card}/freeze"), vec![], &["admin", "clerk"]),
+        ("/console/operators".to_owned(), vec![("name", "new.one"), ("role", "clerk")], &["admin"]),
+        ("/console/operators/demo-clerk/disable".to_owned(), vec![], &["admin"]),
+        ("/console/backups".to_owned(), vec![], &["admin"]),
+        ("/console/day/cutover".to_owned(), vec![], &["admin", "finance"]),
+        (format!("/console/settlements/{open}"), vec![], &["admin", "finance"]),
+    ];
+    for (path, fields, allowed) in &forms {
+        for (role, console) in consoles.iter().filter(|(role, _)| !allowed.contains(role)) {
+            let (status, _) = console.post(path, fields);
+            assert_eq!(status, 403, "{role} posted {path}");
+        }
+    }
+    let mut api = server.api();
+    let (admin, admin_password) = operator(&demo, "admin");
+    api.login(&admin, &admin_password).expect("the admin");
+    let (_, merchants) = api.get("/api/merchants");
+    let merchants = merchants.as_array().expect("merchants").clone();
+    assert!(merchants.iter().all(|m| m["name"] != "Noodle Bar" && m["enabled"] == true));
+    assert!(merchants.iter().all(|m| m["scheduled_rates"].as_array().is_some_and(Vec::is_empty)));
+    let (_, terminal_json) = api.get(&format!("/api/terminals/{terminal}"));
+    assert_eq!(terminal_json["enabled"], true, "{terminal_json}");
+    assert_eq!(api.get(&format!("/api/cards/{card}")).1["state"], "active");
+    let (_, operators) = api.get("/api/operators");
+    assert!(operators.as_array().expect("operators").iter().all(|o| o["name"] != "new.one"));
+    assert!(
+        operators.as_array().expect("operators").iter().all(|o| o["disabled"] == false),
+        "{operators}"
+    );
+    assert!(api.get("/api/backups").1["backups"].as_array().expect("backups").is_empty());
+    let (_, day) = consoles[0].1.get("/console/day");
+    assert_eq!(between(&day, "id=\"open-date\">", "<"), open, "no one turned the day");
+
+    // Finance, who may, closes the day and settles it from the console's forms.
+    let finance = &consoles[2].1;
+    assert_eq!(finance.post("/console/day/cutover", &[]), (303, "/console/day".to_owned()));
+    let settled = finance.post(&format!("/console/settlements/{open}"), &[]);
+    assert_eq!(settled, (303, format!("/console/settlements/{open}")));
+    let (status, page) = finance.get(&format!("/console/settlements/{open}"));
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"net-payable\""), "the settlement's figures: {page:.300}");
+    let (_, day) = finance.get("/console/day");
+    assert_ne!(between(&day, "id=\"open-date\">", "<"), open, "the day turned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_adds_an_operator_a_merchant_and_a_backup_from_the_console() {
+    let (dir, server) = demo_server("pages-admin");
+    let demo = dir.path().join("demo");
+    let site = format!("http://{}", server.admin_addr());
+    let (admin, password) = operator(&demo, "admin");
+    let browser = Browser::start().await;
+    sign_in(&browser, &site, &admin, &password).await;
+
+    // A new operator: their first password shown once, and held at the change.
+    browser.click("a[href='/console/operators']").await;
+    browser.fill("#operator-name", "clerk.wang").await;
+    browser.click("#create-operator").await;
+    let first = browser.text("#first-password").await;
+    assert_eq!(first.len(), 20, "a made password: {first:?}");
+    browser.open(&format!("{site}/console/operators")).await;
+    assert!(!browser.page_text().await.contains(&first), "shown once only");
+    assert!(browser.text("table.operators").await.contains("clerk.wang"));
+    let mut api = server.api();
+    let refused = api.login("clerk.wang", &first).expect_err("must change it first");
+    assert_eq!(refused.body["error"]["code"], "password_change_required", "{:?}", refused.body);
+
+    // A reset makes another, and the first no longer works.
+    browser.click("#reset-password-clerk\\.wang").await;
+    let second = browser.text("#first-password").await;
+    assert_ne!(second, first);
+    let refused = api.login("clerk.wang", &first).expect_err("the first is gone");
+    assert_eq!(refused.status, 401, "{:?}", refused.body);
+
+    // A merchant, created and disabled.
+    browser.open(&format!("{site}/console/merchants")).await;
+    browser.fill("#merchant-name", "Second Canteen Noodles").await;
+    browser.fill("#merchant-rate", "0.012").await;
+    browser.click("#create-merchant").await;
+    let table = browser.text("table.merchants").await;
+    assert!(table.contains("Second Canteen Noodles") && table.contains("0.012"), "{table}");
+    let (admin_api, admin_password) = (admin.clone(), password.clone());
+    api.login(&admin_api, &admin_password).expect("the admin");
+    let (_, merchants) = api.get("/api/merchants");
+    let created = merchants
+        .as_array()
+        .expect("merchants")
+        .iter()
+        .find(|m| m["name"] == "Second Canteen Noodles")
+        .expect("the merchant")
+        .clone();
+    browser.click(&format!("#disable-{}", created["id"])).await;
+    let (_, shown) = api.get(&format!("/api/merchants/{}", created["id"]));
+    assert_eq!(shown["enabled"], false, "{shown}");
+    picture(&browser, "console-merchants").await;
+
+    // A backup taken now, listed, and the last attempt says so.
+    browser.open(&format!("{site}/console/backups")).await;
+    assert!(browser.text("#last-attempt").await.contains("尚未"), "none yet");
+    browser.click("#take-backup").await;
+    assert!(browser.text("#last-attempt").await.contains("成功"), "taken");
+    assert_eq!(api.get("/api/backups").1["backups"].as_array().expect("backups").len(), 1);
     browser.close().await;
 }
