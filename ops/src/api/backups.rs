@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::auth::{Caller, Permission};
 use super::{ApiError, ApiResult, AppState, RawBody};
-use crate::backup::{self, BackupInfo};
+use crate::backup::{self, BackupConfig, BackupInfo};
 
 /// `GET /api/backups`'s answer.
 #[derive(Debug, Serialize)]
@@ -25,19 +25,38 @@ fn failed(error: &anyhow::Error) -> ApiError {
 
 /// The backups, oldest first, and whether the offsite copy holds each.
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<BackupsJson> {
-    caller.require(&state, Permission::Backups)?;
+    let (config, backups) = list_as(&state, &caller).await?;
+    Ok(Json(BackupsJson {
+        dir: config.dir.display().to_string(),
+        offsite_dir: config.offsite_dir.as_ref().map(|d| d.display().to_string()),
+        keep: config.keep,
+        backups,
+    }))
+}
+
+/// Where backups go and every one kept, oldest first, for `caller` (the API's and
+/// the console's), read on the blocking pool.
+pub(crate) async fn list_as(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<(BackupConfig, Vec<BackupInfo>), ApiError> {
+    caller.require(state, Permission::Backups)?;
     let config = state.backups.config().clone();
     let listed = super::blocking({
         let config = config.clone();
         move || backup::list(&config.dir, config.offsite_dir.as_deref())
     })
     .await?;
-    Ok(Json(BackupsJson {
-        dir: config.dir.display().to_string(),
-        offsite_dir: config.offsite_dir.as_ref().map(|d| d.display().to_string()),
-        keep: config.keep,
-        backups: listed.map_err(|error| failed(&error))?,
-    }))
+    Ok((config, listed.map_err(|error| failed(&error))?))
+}
+
+/// Takes a backup now for `caller` (the API's and the console's), on the blocking
+/// pool, audited.
+pub(crate) async fn take_as(state: &AppState, caller: &Caller) -> Result<BackupInfo, ApiError> {
+    caller.require(state, Permission::Backups)?;
+    let backups = std::sync::Arc::clone(&state.backups);
+    let taken = super::blocking(move || backups.create()).await?;
+    caller.audited(state, "backup.create", "store", "", || taken.map_err(|error| failed(&error)))
 }
 
 /// Takes a backup now, while serving; it waits for one already running.
@@ -46,10 +65,5 @@ pub async fn create(
     caller: Caller,
     RawBody(_): RawBody,
 ) -> ApiResult<BackupInfo> {
-    caller.require(&state, Permission::Backups)?;
-    let backups = std::sync::Arc::clone(&state.backups);
-    let taken = super::blocking(move || backups.create()).await?;
-    let info = caller
-        .audited(&state, "backup.create", "store", "", || taken.map_err(|error| failed(&error)))?;
-    Ok(Json(info))
+    Ok(Json(take_as(&state, &caller).await?))
 }

@@ -60,6 +60,7 @@ pub(crate) use auth::{
     Caller, Permission, authenticate, change_operator_password, create_operator_as,
     operator_action_as, reset_password_as,
 };
+pub(crate) use backups::{list_as as list_backups_as, take_as as take_backup_as};
 pub(crate) use cards::state_change;
 pub(crate) use directory::terminal_json;
 pub(crate) use directory::{create_merchant_as, set_commission_as, set_merchant_enabled_as};

@@ -2,18 +2,15 @@
 //! and whether the offsite copy holds it), the last one this process tried and how
 //! it ended, and for the roles that may, a backup taken now.
 
-use std::sync::Arc;
-
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Form, Router};
 use maud::html;
 
 use super::console::Operator;
-use super::{ForgeryOnly, beijing_time, forged, forgery_token, page, refusal, see_other};
-use crate::api::{AppState, Permission};
+use super::{ForgeryOnly, beijing_time, forged, forgery_token, page, see_other};
+use crate::api::{AppState, list_backups_as, take_backup_as};
 use crate::backup;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -22,27 +19,9 @@ pub(super) fn routes() -> Router<AppState> {
 
 async fn backups(State(state): State<AppState>, operator: Operator) -> Response {
     let lang = operator.lang;
-    if let Err(error) = operator.caller.require(&state, Permission::Backups) {
-        return operator.error(&error);
-    }
-    let config = state.backups.config().clone();
-    let listed = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || backup::list(&config.dir, config.offsite_dir.as_deref())
-    })
-    .await;
-    let listed = match listed {
-        Ok(Ok(listed)) => listed,
-        Ok(Err(error)) => {
-            return refusal(lang, StatusCode::SERVICE_UNAVAILABLE, &format!("{error:#}"));
-        }
-        Err(_) => {
-            return refusal(
-                lang,
-                StatusCode::SERVICE_UNAVAILABLE,
-                lang.t("暂时无法读取。", "Not readable now."),
-            );
-        }
+    let (config, listed) = match list_backups_as(&state, &operator.caller).await {
+        Ok(listed) => listed,
+        Err(error) => return operator.error(&error),
     };
     let offset = state.ledger.config().utc_offset_minutes;
     let last = state.backups.last_attempt();
@@ -108,27 +87,9 @@ async fn take(
     if !operator.forgery_ok(&form.forgery) {
         return forged(lang);
     }
-    if let Err(error) = operator.caller.require(&state, Permission::Backups) {
-        return operator.error(&error);
-    }
-    let backups = Arc::clone(&state.backups);
-    let Ok(taken) = tokio::task::spawn_blocking(move || backups.create()).await else {
-        return refusal(
-            lang,
-            StatusCode::SERVICE_UNAVAILABLE,
-            lang.t("暂时无法备份。", "No backup can be taken now."),
-        );
-    };
-    let outcome = taken.map(|_| ()).map_err(|error| {
-        crate::api::ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backup_failed",
-            format!("{error:#}"),
-        )
-    });
     // A failed backup is shown on the list page too (the last attempt).
-    match operator.caller.audited(&state, "backup.create", "store", "console", || outcome) {
-        Ok(()) => see_other("/console/backups", &[]),
+    match take_backup_as(&state, &operator.caller).await {
+        Ok(_) => see_other("/console/backups", &[]),
         Err(error) => operator.error(&error),
     }
 }

@@ -9,12 +9,11 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{Markup, html};
-use onecard_engine::BusinessDate;
 use onecard_engine::directory::MerchantCategory;
 use serde::Deserialize;
 
 use super::console::Operator;
-use super::{Lang, forged, forgery_token, not_now, page, refusal, see_other};
+use super::{Lang, date, forged, forgery_token, not_now, page, refusal, see_other};
 use crate::api::{
     ApiError, AppState, Permission, create_merchant_as, set_commission_as, set_merchant_enabled_as,
 };
@@ -76,7 +75,7 @@ async fn merchants(State(state): State<AppState>, operator: Operator) -> Respons
                                 (merchant.rate_on(today).normalize())
                                 @for change in merchant.rate_changes.iter().filter(|c| c.from > today) {
                                     br;
-                                    small { (lang.t("自 ", "from ")) (date_of(change.from)) ": " (change.rate.normalize()) }
+                                    small { (lang.t("自 ", "from ")) (date(change.from)) ": " (change.rate.normalize()) }
                                 }
                             }
                             td { @if merchant.enabled { (lang.t("营业", "open")) } @else { (lang.t("已停用", "disabled")) } }
@@ -108,10 +107,6 @@ async fn merchants(State(state): State<AppState>, operator: Operator) -> Respons
             @if may_change { (create_form(lang, &forgery)) }
         },
     )
-}
-
-fn date_of(yyyymmdd: u32) -> String {
-    BusinessDate::from_yyyymmdd(yyyymmdd).map_or_else(|| yyyymmdd.to_string(), |d| d.to_string())
 }
 
 fn create_form(lang: Lang, forgery: &str) -> Markup {
